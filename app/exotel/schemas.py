@@ -1,0 +1,229 @@
+"""Typed models of what Exotel sends us: API answers, errors and status callbacks.
+
+Exotel is loose with types: numbers arrive as strings ("17", "1.500"), absent values
+as "", null or a missing key, and times as naive "YYYY-MM-DD HH:mm:ss" in IST. The
+validators here absorb all of that so the rest of the service sees clean values.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+EXOTEL_TIMEZONE = ZoneInfo("Asia/Kolkata")
+TERMINAL_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
+
+
+def _blank_to_none(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        return None
+    if isinstance(value, str) and value.strip().lower() in {"null", "none"}:
+        return None
+    return value
+
+
+def _lenient_int(value: Any) -> int | None:
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    try:
+        return int(Decimal(str(value).strip()))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _lenient_decimal(value: Any) -> Decimal | None:
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    try:
+        return Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+
+
+def _exotel_time(value: Any) -> datetime | None:
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=EXOTEL_TIMEZONE)
+    return parsed
+
+
+def _lower_or_none(value: Any) -> Any:
+    value = _blank_to_none(value)
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none)]
+OptionalStatus = Annotated[str | None, BeforeValidator(_lower_or_none)]
+OptionalInt = Annotated[int | None, BeforeValidator(_lenient_int)]
+OptionalDecimal = Annotated[Decimal | None, BeforeValidator(_lenient_decimal)]
+ExotelTime = Annotated[datetime | None, BeforeValidator(_exotel_time)]
+
+
+class _ExotelModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+class LegUpdate(_ExotelModel):
+    """One leg as Exotel reports it: leg 0 is From, leg 1 is To."""
+
+    leg: int
+    status: OptionalStatus = None
+    on_call_duration: OptionalInt = None
+    answered_by: OptionalText = None
+
+
+class CallUpdate(_ExotelModel):
+    """What one message from Exotel (connect answer, callback, call details) says of a call.
+
+    `None` always means "not said", never "erase".
+    """
+
+    sid: OptionalText = None
+    status: OptionalStatus = None
+    date_created: ExotelTime = None
+    date_updated: ExotelTime = None
+    start_time: ExotelTime = None
+    end_time: ExotelTime = None
+    duration: OptionalInt = None
+    conversation_duration: OptionalInt = None
+    price: OptionalDecimal = None
+    recording_url: OptionalText = None
+    answered_by: OptionalText = None
+    direction: OptionalText = None
+    legs: tuple[LegUpdate, ...] = ()
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class ExotelCallDetails(_ExotelModel):
+    """`Details` of a call-details answer (`?details=true`)."""
+
+    conversation_duration: OptionalInt = Field(None, alias="ConversationDuration")
+    leg1_status: OptionalStatus = Field(None, alias="Leg1Status")
+    leg2_status: OptionalStatus = Field(None, alias="Leg2Status")
+
+
+class ExotelCall(_ExotelModel):
+    """The `Call` object of Exotel's connect and call-details answers."""
+
+    sid: str = Field(alias="Sid")
+    parent_call_sid: OptionalText = Field(None, alias="ParentCallSid")
+    date_created: ExotelTime = Field(None, alias="DateCreated")
+    date_updated: ExotelTime = Field(None, alias="DateUpdated")
+    account_sid: OptionalText = Field(None, alias="AccountSid")
+    to: OptionalText = Field(None, alias="To")
+    from_: OptionalText = Field(None, alias="From")
+    phone_number_sid: OptionalText = Field(None, alias="PhoneNumberSid")
+    status: OptionalStatus = Field(None, alias="Status")
+    start_time: ExotelTime = Field(None, alias="StartTime")
+    end_time: ExotelTime = Field(None, alias="EndTime")
+    duration: OptionalInt = Field(None, alias="Duration")
+    price: OptionalDecimal = Field(None, alias="Price")
+    direction: OptionalText = Field(None, alias="Direction")
+    answered_by: OptionalText = Field(None, alias="AnsweredBy")
+    recording_url: OptionalText = Field(None, alias="RecordingUrl")
+    details: ExotelCallDetails | None = Field(None, alias="Details")
+
+    def to_update(self) -> CallUpdate:
+        legs: tuple[LegUpdate, ...] = ()
+        if self.details is not None:
+            legs = (
+                LegUpdate(leg=0, status=self.details.leg1_status),
+                LegUpdate(leg=1, status=self.details.leg2_status),
+            )
+        return CallUpdate(
+            sid=self.sid,
+            status=self.status,
+            date_created=self.date_created,
+            date_updated=self.date_updated,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            duration=self.duration,
+            conversation_duration=self.details.conversation_duration if self.details else None,
+            price=self.price,
+            recording_url=self.recording_url,
+            answered_by=self.answered_by,
+            direction=self.direction,
+            legs=tuple(leg for leg in legs if leg.status is not None),
+        )
+
+
+class ExotelCallEnvelope(_ExotelModel):
+    call: ExotelCall = Field(alias="Call")
+
+
+class ExotelPageMetadata(_ExotelModel):
+    next_page_uri: OptionalText = Field(None, alias="NextPageUri")
+
+
+class ExotelCallList(_ExotelModel):
+    """Answer of the bulk call-details API (`Calls.json`)."""
+
+    calls: tuple[ExotelCall, ...] = Field((), alias="Calls")
+    metadata: ExotelPageMetadata | None = Field(None, alias="Metadata")
+
+
+class ExotelRestException(_ExotelModel):
+    status: OptionalInt = Field(None, alias="Status")
+    message: OptionalText = Field(None, alias="Message")
+    code: int | str | None = Field(None, alias="Code")
+
+
+class ExotelErrorEnvelope(_ExotelModel):
+    rest_exception: ExotelRestException = Field(alias="RestException")
+
+
+EventType = Literal["terminal", "answered"]
+
+
+class ExotelCallback(_ExotelModel):
+    """A status callback, parsed from multipart, urlencoded or JSON (see callbacks.py)."""
+
+    call_sid: str
+    event_type: OptionalText = None
+    status: OptionalStatus = None
+    date_created: ExotelTime = None
+    date_updated: ExotelTime = None
+    start_time: ExotelTime = None
+    end_time: ExotelTime = None
+    conversation_duration: OptionalInt = None
+    recording_url: OptionalText = None
+    custom_field: OptionalText = None
+    from_: OptionalText = None
+    to: OptionalText = None
+    phone_number_sid: OptionalText = None
+    direction: OptionalText = None
+    legs: tuple[LegUpdate, ...] = ()
+
+    def to_update(self) -> CallUpdate:
+        answered_by = next((leg.answered_by for leg in self.legs if leg.answered_by), None)
+        return CallUpdate(
+            sid=self.call_sid,
+            status=self.status,
+            date_created=self.date_created,
+            date_updated=self.date_updated,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            conversation_duration=self.conversation_duration,
+            recording_url=self.recording_url,
+            answered_by=answered_by,
+            direction=self.direction,
+            legs=self.legs,
+        )
