@@ -1,0 +1,63 @@
+"""Bearer API keys from API_KEYS, with roles `write` (place and read) and `read`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import ApiClient, Role
+from app.errors import Problem
+
+ANONYMOUS = ApiClient(name="anonymous", role="write")
+
+
+class ApiKeys:
+    """Looks clients up by the SHA-256 of their secret, compared in constant time."""
+
+    def __init__(self, clients: dict[str, tuple[ApiClient, str]]) -> None:
+        self._by_digest = [
+            (hashlib.sha256(secret.encode()).digest(), client)
+            for client, secret in clients.values()
+        ]
+
+    @property
+    def open_access(self) -> bool:
+        return not self._by_digest
+
+    def identify(self, authorization: str | None) -> ApiClient:
+        if self.open_access:
+            return ANONYMOUS
+        scheme, _, secret = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secret:
+            raise _unauthorized("Send an API key as `Authorization: Bearer <key>`")
+        digest = hashlib.sha256(secret.strip().encode()).digest()
+        found = None
+        for known, client in self._by_digest:
+            if hmac.compare_digest(known, digest):
+                found = client
+        if found is None:
+            raise _unauthorized("Unknown API key")
+        return found
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _require(role: Role) -> object:
+    def dependency(request: Request) -> ApiClient:
+        keys: ApiKeys = request.app.state.api_keys
+        client = keys.identify(request.headers.get("authorization"))
+        if role == "write" and client.role != "write":
+            raise Problem(403, "forbidden", "This API key may only read calls")
+        request.state.api_client = client.name
+        return client
+
+    return Depends(dependency)
+
+
+Reader = Annotated[ApiClient, _require("read")]
+Writer = Annotated[ApiClient, _require("write")]

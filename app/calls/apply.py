@@ -1,0 +1,99 @@
+"""The one place where something Exotel said changes a stored call.
+
+Connect answers, status callbacks and reconciliation all come through `apply_update`,
+so the rules hold whatever order Exotel's messages arrive in:
+- a duplicate changes nothing;
+- a terminal status is never replaced by a non-terminal one;
+- among messages, the newest `DateUpdated` wins; an older ("stale") one only fills gaps;
+- an empty value never erases a stored one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.calls.models import Call, Leg
+from app.exotel.schemas import TERMINAL_STATUSES, CallUpdate
+
+
+@dataclass(frozen=True)
+class Applied:
+    changed: bool
+    previous_status: str
+    status: str
+
+    @property
+    def became_terminal(self) -> bool:
+        return self.previous_status not in TERMINAL_STATUSES and self.status in TERMINAL_STATUSES
+
+
+def is_terminal(status: str) -> bool:
+    return status in TERMINAL_STATUSES
+
+
+def _is_stale(call: Call, update: CallUpdate) -> bool:
+    if is_terminal(call.status) and not update.is_terminal:
+        return True
+    return (
+        call.exotel_updated_at is not None
+        and update.date_updated is not None
+        and update.date_updated < call.exotel_updated_at
+    )
+
+
+class _Writer:
+    def __init__(self, stale: bool) -> None:
+        self.stale = stale
+        self.changed = False
+
+    def put(self, target: Any, attribute: str, value: Any) -> None:
+        if value is None:
+            return
+        current = getattr(target, attribute)
+        if current == value or (self.stale and current is not None):
+            return
+        setattr(target, attribute, value)
+        self.changed = True
+
+
+def apply_update(call: Call, update: CallUpdate) -> Applied:
+    """Merge `update` into `call` (whose legs must be loaded) and say what changed."""
+    previous_status = call.status
+    writer = _Writer(stale=_is_stale(call, update))
+
+    if call.sid is None:
+        writer.put(call, "sid", update.sid)
+    if not writer.stale:
+        writer.put(call, "status", update.status)
+        writer.put(call, "exotel_updated_at", update.date_updated)
+    for attribute in (
+        "start_time",
+        "end_time",
+        "duration",
+        "conversation_duration",
+        "price",
+        "recording_url",
+        "answered_by",
+        "direction",
+    ):
+        writer.put(call, attribute, getattr(update, attribute))
+    writer.put(call, "exotel_created_at", update.date_created)
+
+    legs = {leg.leg: leg for leg in call.legs}
+    for leg_update in update.legs:
+        leg = legs.get(leg_update.leg)
+        if leg is None:
+            leg = Leg(leg=leg_update.leg, number=_leg_number(call, leg_update.leg))
+            call.legs.append(leg)
+            legs[leg.leg] = leg
+            writer.changed = True
+        writer.put(leg, "status", leg_update.status)
+        writer.put(leg, "on_call_duration", leg_update.on_call_duration)
+        writer.put(leg, "answered_by", leg_update.answered_by)
+
+    return Applied(changed=writer.changed, previous_status=previous_status, status=call.status)
+
+
+def _leg_number(call: Call, index: int) -> str | None:
+    return {0: call.from_number, 1: call.to_number}.get(index)

@@ -1,0 +1,176 @@
+"""Tables: calls, their legs, the events received for them, and finished-call notifications."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base
+
+
+class Call(Base):
+    __tablename__ = "calls"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    sid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(32))
+    from_number: Mapped[str] = mapped_column(String(32))
+    to_number: Mapped[str] = mapped_column(String(32))
+    caller_id: Mapped[str] = mapped_column(String(32))
+    direction: Mapped[str | None] = mapped_column(String(32))
+
+    # The request's options, as asked.
+    call_type: Mapped[str | None] = mapped_column(String(16))
+    time_limit: Mapped[int | None] = mapped_column(Integer)
+    time_out: Mapped[int | None] = mapped_column(Integer)
+    wait_url: Mapped[str | None] = mapped_column(Text)
+    record: Mapped[bool | None] = mapped_column(Boolean)
+    recording_channels: Mapped[str | None] = mapped_column(String(16))
+    recording_format: Mapped[str | None] = mapped_column(String(16))
+    custom_field: Mapped[str | None] = mapped_column(String(128))
+    start_playback_to: Mapped[str | None] = mapped_column(String(16))
+    start_playback_value: Mapped[str | None] = mapped_column(Text)
+    stream_url: Mapped[str | None] = mapped_column(Text)
+    stream_begin: Mapped[str | None] = mapped_column(String(16))
+    notify_url: Mapped[str | None] = mapped_column(Text)
+
+    # What Exotel told us.
+    exotel_created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    exotel_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    duration: Mapped[int | None] = mapped_column(Integer)
+    conversation_duration: Mapped[int | None] = mapped_column(Integer)
+    price: Mapped[Decimal | None] = mapped_column(Numeric(12, 4))
+    recording_url: Mapped[str | None] = mapped_column(Text)
+    answered_by: Mapped[str | None] = mapped_column(String(32))
+    error_status: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    # Who asked, and what they were answered (for Idempotency-Key replays).
+    api_client: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+    # Reconciliation bookkeeping.
+    reconcile_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_reconcile_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), default=func.now(), onupdate=func.now()
+    )
+
+    legs: Mapped[list[Leg]] = relationship(
+        back_populates="call", order_by="Leg.leg", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        Index(
+            "uq_calls_api_client_idempotency_key",
+            "api_client",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index("ix_calls_created_at_id", "created_at", "id"),
+        Index("ix_calls_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_calls_from_number_created_at_id", "from_number", "created_at", "id"),
+        Index("ix_calls_to_number_created_at_id", "to_number", "created_at", "id"),
+        Index("ix_calls_custom_field_created_at_id", "custom_field", "created_at", "id"),
+        Index(
+            "ix_calls_next_reconcile_at",
+            "next_reconcile_at",
+            postgresql_where=text("next_reconcile_at IS NOT NULL"),
+        ),
+    )
+
+
+class Leg(Base):
+    __tablename__ = "call_legs"
+
+    call_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True
+    )
+    leg: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str | None] = mapped_column(String(32))
+    on_call_duration: Mapped[int | None] = mapped_column(Integer)
+    answered_by: Mapped[str | None] = mapped_column(String(32))
+
+    call: Mapped[Call] = relationship(back_populates="legs")
+
+
+class CallEvent(Base):
+    """Everything Exotel told us about a call, raw, in the order we received it."""
+
+    __tablename__ = "call_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    call_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), index=True
+    )
+    call_sid: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))
+    event_type: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str | None] = mapped_column(String(32))
+    content_type: Mapped[str | None] = mapped_column(String(255))
+    raw_body: Mapped[bytes] = mapped_column(LargeBinary)
+    applied: Mapped[bool] = mapped_column(Boolean)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), default=func.now()
+    )
+
+
+class Notification(Base):
+    """Outbox of `call.finished` deliveries to a call's notify_url: one per call."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    call_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), unique=True
+    )
+    url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), default=func.now()
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), default=func.now()
+    )
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index(
+            "ix_notifications_pending_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )

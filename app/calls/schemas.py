@@ -1,0 +1,145 @@
+"""The HTTP shapes of calls: what clients send to POST /calls and what they read back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, field_validator
+
+from app.calls.models import Call
+
+WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"], max_length=2048)]
+WebUrl = Annotated[HttpUrl, UrlConstraints(max_length=2048)]
+PhoneNumberText = Annotated[str, Field(min_length=1, max_length=32)]
+
+
+class CallCreate(BaseModel):
+    """POST /calls. Exotel's parameter names are in brackets in the README."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "from": "+919876543210",
+                    "to": "09123456789",
+                    "caller_id": "08047112233",
+                    "time_out": 30,
+                    "record": True,
+                    "custom_field": "order-1234",
+                    "notify_url": "https://orders.internal/hooks/calls",
+                }
+            ]
+        },
+    )
+
+    from_: PhoneNumberText = Field(alias="from", description="Rung first (Exotel `From`).")
+    to: PhoneNumberText = Field(description="Rung once `from` answers (Exotel `To`).")
+    caller_id: PhoneNumberText | None = Field(
+        None, description="ExoPhone; default EXOTEL_CALLER_ID"
+    )
+    call_type: Literal["trans"] | None = None
+    time_limit: int | None = Field(None, ge=1, le=14400, description="Seconds before hang-up")
+    time_out: int | None = Field(None, ge=1, le=60, description="Ring time of each leg, seconds")
+    wait_url: WebUrl | None = Field(None, description="A .wav played to `from` while waiting")
+    record: bool | None = None
+    recording_channels: Literal["single", "dual"] | None = None
+    recording_format: Literal["mp3", "mp3-hq"] | None = None
+    custom_field: str | None = Field(None, max_length=128)
+    start_playback_to: Literal["callee", "both"] | None = None
+    start_playback_value: WebUrl | None = None
+    stream_url: WebSocketUrl | None = None
+    stream_begin: Literal["leg1_connect", "leg2_connect"] | None = None
+    notify_url: WebUrl | None = Field(None, description="Told, signed, when the call finishes")
+
+    @field_validator("wait_url")
+    @classmethod
+    def _wait_url_is_wav(cls, value: HttpUrl | None) -> HttpUrl | None:
+        if value is not None and not (value.path or "").lower().endswith(".wav"):
+            raise ValueError("must point to a .wav file")
+        return value
+
+
+class LegOut(BaseModel):
+    leg: int
+    number: str | None
+    status: str | None
+    on_call_duration: int | None
+
+
+class ExotelErrorOut(BaseModel):
+    status: int | None
+    code: str | None
+    message: str | None
+
+
+class CallOut(BaseModel):
+    """The call resource."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    sid: str | None
+    status: str
+    from_: str = Field(serialization_alias="from", validation_alias="from")
+    to: str
+    caller_id: str
+    direction: str | None
+    custom_field: str | None
+    created_at: datetime
+    updated_at: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    duration: int | None
+    conversation_duration: int | None
+    price: float | None
+    recording_url: str | None
+    answered_by: str | None
+    legs: list[LegOut]
+    error: ExotelErrorOut | None
+
+    @classmethod
+    def from_call(cls, call: Call) -> CallOut:
+        error = None
+        if call.error_message is not None or call.error_status is not None:
+            error = ExotelErrorOut(
+                status=call.error_status, code=call.error_code, message=call.error_message
+            )
+        return cls(
+            id=str(call.id),
+            sid=call.sid,
+            status=call.status,
+            from_=call.from_number,
+            to=call.to_number,
+            caller_id=call.caller_id,
+            direction=call.direction,
+            custom_field=call.custom_field,
+            created_at=call.created_at,
+            updated_at=call.updated_at,
+            start_time=call.start_time,
+            end_time=call.end_time,
+            duration=call.duration,
+            conversation_duration=call.conversation_duration,
+            price=float(call.price) if call.price is not None else None,
+            recording_url=call.recording_url,
+            answered_by=call.answered_by,
+            legs=[
+                LegOut(
+                    leg=leg.leg,
+                    number=leg.number,
+                    status=leg.status,
+                    on_call_duration=leg.on_call_duration,
+                )
+                for leg in call.legs
+            ],
+            error=error,
+        )
+
+
+class CallPage(BaseModel):
+    items: list[CallOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end"
+    )

@@ -1,0 +1,253 @@
+"""How Callbridge speaks to Exotel: one small class around one httpx.AsyncClient.
+
+It knows nothing about the database. Every failure becomes one of the ExotelError
+types below, chosen by what matters to the caller: did the request surely not reach
+Exotel (safe to say "not placed"), did Exotel refuse it, or is the outcome unknown.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+import structlog
+from aiolimiter import AsyncLimiter
+from pydantic import ValidationError
+
+from app.exotel.schemas import (
+    EXOTEL_TIMEZONE,
+    ExotelCall,
+    ExotelCallEnvelope,
+    ExotelCallList,
+    ExotelErrorEnvelope,
+    ExotelRestException,
+)
+
+log = structlog.get_logger(__name__)
+ExotelModel = TypeVar("ExotelModel", ExotelCallEnvelope, ExotelCallList)
+
+DEFAULT_RETRY_AFTER_S = 30
+PAGE_SIZE = 100
+
+
+class ExotelError(Exception):
+    """Exotel did not place (or did not confirm) what was asked."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: int | str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class ExotelRefused(ExotelError):
+    """Exotel answered 4xx: the request was understood and refused (bad number, DND, KYC...)."""
+
+
+class ExotelAuthFailed(ExotelError):
+    """Exotel rejected our credentials: an operator must fix the configuration."""
+
+
+class ExotelRateLimited(ExotelError):
+    def __init__(self, message: str, *, retry_after_s: int, code: int | str | None = None):
+        super().__init__(message, status=429, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class ExotelUnavailable(ExotelError):
+    """Exotel answered 5xx, or could not be reached at all: nothing was placed."""
+
+
+class ExotelOutcomeUnknown(ExotelError):
+    """The request left but no usable answer came back: a call may or may not exist."""
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """One connect request, already validated; values are Exotel's (E.164, `Both`, ...)."""
+
+    from_number: str
+    to_number: str
+    caller_id: str
+    status_callback: str
+    call_type: str | None = None
+    time_limit: int | None = None
+    time_out: int | None = None
+    wait_url: str | None = None
+    record: bool | None = None
+    recording_channels: str | None = None
+    recording_format: str | None = None
+    custom_field: str | None = None
+    start_playback_to: str | None = None
+    start_playback_value: str | None = None
+    stream_url: str | None = None
+    stream_begin: str | None = None
+
+    def form(self) -> dict[str, str]:
+        optional: dict[str, Any] = {
+            "CallType": self.call_type,
+            "TimeLimit": self.time_limit,
+            "TimeOut": self.time_out,
+            "WaitUrl": self.wait_url,
+            "Record": None if self.record is None else str(self.record).lower(),
+            "RecordingChannels": self.recording_channels,
+            "RecordingFormat": self.recording_format,
+            "CustomField": self.custom_field,
+            "StartPlaybackTo": self.start_playback_to,
+            "StartPlaybackValue": self.start_playback_value,
+            "StreamUrl": self.stream_url,
+            "StreamBegin": self.stream_begin,
+        }
+        return {
+            "From": self.from_number,
+            "To": self.to_number,
+            "CallerId": self.caller_id,
+            **{name: str(value) for name, value in optional.items() if value is not None},
+            "StatusCallback": self.status_callback,
+            "StatusCallbackEvents[0]": "terminal",
+            "StatusCallbackContentType": "application/json",
+        }
+
+
+def build_http_client(
+    base_url: str, *, api_key: str, api_token: str, timeout_s: float
+) -> httpx.AsyncClient:
+    """The one AsyncClient for Exotel: Basic auth in the header, bounded everything.
+
+    httpx's transport retries only failed connection attempts, i.e. requests that
+    surely never reached Exotel, which is exactly the retry that is safe here.
+    """
+    return httpx.AsyncClient(
+        base_url=base_url,
+        auth=httpx.BasicAuth(api_key, api_token),
+        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0), pool=5.0),
+        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+        transport=httpx.AsyncHTTPTransport(retries=2),
+        headers={"Accept": "application/json", "User-Agent": "callbridge"},
+    )
+
+
+def exotel_time(value: datetime) -> str:
+    return value.astimezone(EXOTEL_TIMEZONE).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class ExotelClient:
+    def __init__(self, http: httpx.AsyncClient, *, account_sid: str, limiter: AsyncLimiter):
+        self._http = http
+        self._calls_path = f"/v1/Accounts/{account_sid}/Calls"
+        self._limiter = limiter
+
+    async def connect(self, request: ConnectRequest) -> ExotelCall:
+        """Ask Exotel to ring From, then To. Never retried once the request has left."""
+        response = await self._send("connect", "POST", "/connect.json", data=request.form())
+        try:
+            return ExotelCallEnvelope.model_validate_json(response.content).call
+        except ValidationError as exc:
+            # Exotel said 2xx, so a call probably exists, but we cannot tell its Sid.
+            raise ExotelOutcomeUnknown("Exotel's answer could not be read") from exc
+
+    async def call_details(self, sid: str) -> ExotelCall | None:
+        """The call as Exotel knows it now, with leg details; None if Exotel has no such call."""
+        try:
+            response = await self._send(
+                "call_details", "GET", f"/{sid}.json", params={"details": "true"}
+            )
+        except ExotelRefused as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._parse(ExotelCallEnvelope, response).call
+
+    async def find_calls(
+        self, *, to_number: str, created_after: datetime, created_before: datetime
+    ) -> list[ExotelCall]:
+        """Calls to `to_number` created in the window, across all pages."""
+        params: dict[str, str] | None = {
+            "To": to_number,
+            "DateCreated": f"gte:{exotel_time(created_after)};lte:{exotel_time(created_before)}",
+            "PageSize": str(PAGE_SIZE),
+        }
+        path = ".json"
+        found: list[ExotelCall] = []
+        while True:
+            response = await self._send("bulk_details", "GET", path, params=params)
+            page = self._parse(ExotelCallList, response)
+            found.extend(page.calls)
+            next_page = page.metadata.next_page_uri if page.metadata else None
+            if not next_page or not page.calls:
+                return found
+            # NextPageUri is absolute from the host root; it carries its own query.
+            path, params = next_page, None
+
+    @staticmethod
+    def _parse(model: type[ExotelModel], response: httpx.Response) -> ExotelModel:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ExotelUnavailable("Exotel's answer could not be read") from exc
+
+    async def _send(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        data: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        url = path if path.startswith("/v1/") else self._calls_path + path
+        async with self._limiter:
+            started = time.perf_counter()
+            try:
+                response = await self._http.request(method, url, data=data, params=params)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                self._log(operation, "unreachable", started)
+                raise ExotelUnavailable(
+                    f"Exotel could not be reached: {type(exc).__name__}"
+                ) from exc
+            except httpx.TransportError as exc:
+                self._log(operation, "no_answer", started)
+                raise ExotelOutcomeUnknown(
+                    f"No answer from Exotel after sending: {type(exc).__name__}"
+                ) from exc
+        self._log(
+            operation, "ok" if response.is_success else "error", started, response.status_code
+        )
+        if not response.is_success:
+            raise self._error(response)
+        return response
+
+    @staticmethod
+    def _log(operation: str, outcome: str, started: float, status: int | None = None) -> None:
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        log.info(
+            "exotel_request",
+            operation=operation,
+            outcome=outcome,
+            status=status,
+            latency_ms=latency_ms,
+        )
+
+    @staticmethod
+    def _error(response: httpx.Response) -> ExotelError:
+        try:
+            rest = ExotelErrorEnvelope.model_validate_json(response.content).rest_exception
+        except ValidationError:
+            rest = ExotelRestException()
+        status = response.status_code
+        message = rest.message or f"Exotel answered HTTP {status}"
+        if status == 429:
+            retry_after = response.headers.get("retry-after", "")
+            seconds = int(retry_after) if retry_after.isdigit() else DEFAULT_RETRY_AFTER_S
+            return ExotelRateLimited(message, retry_after_s=seconds, code=rest.code)
+        kind: type[ExotelError]
+        if status == 401:
+            kind = ExotelAuthFailed
+        elif status >= 500:
+            kind = ExotelUnavailable
+        else:
+            kind = ExotelRefused
+        return kind(message, status=status, code=rest.code)

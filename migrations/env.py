@@ -1,0 +1,43 @@
+"""Alembic environment: the URL comes from the caller or from DATABASE_URL."""
+
+from __future__ import annotations
+
+import asyncio
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.calls import models  # noqa: F401  (registers the tables on Base.metadata)
+from app.config import Settings
+from app.db import Base
+
+config = context.config
+if config.config_file_name is not None and not config.attributes.get("database_url"):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def _database_url() -> str:
+    url = config.attributes.get("database_url") or Settings().database_url
+    if not url:
+        raise SystemExit("DATABASE_URL is not set")
+    return str(url)
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection, target_metadata=Base.metadata, compare_server_default=True
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_online() -> None:
+    engine = create_async_engine(_database_url())
+    async with engine.connect() as connection:
+        await connection.run_sync(_run)
+    await engine.dispose()
+
+
+asyncio.run(_run_online())
