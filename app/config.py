@@ -24,7 +24,9 @@ class ApiClient:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     database_url: str | None = None
     callbridge_data_dir: Path = Path(".callbridge")
@@ -98,7 +100,7 @@ class Settings(BaseSettings):
     @property
     def live(self) -> bool:
         """True when real Exotel credentials are configured; otherwise calls are simulated."""
-        return self.exotel_account_sid is not None
+        return bool(self.exotel_account_sid)
 
     @property
     def exotel_host(self) -> str:

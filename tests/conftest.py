@@ -41,16 +41,17 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
-    """A fresh database for this test run, migrated to head."""
+def database_url() -> Iterator[str]:
+    """A fresh database for this test process, migrated to head, dropped at the end."""
     server = _server_url()
-    name = f"callbridge_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    name = f"callbridge_test_{os.getpid()}"
     with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     url = _with_database(server, name).replace("postgresql://", "postgresql+psycopg://", 1)
     migrate(url)
-    return url
+    yield url
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(autouse=True)

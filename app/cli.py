@@ -1,0 +1,39 @@
+"""`callbridge` command: serve the API, run the Exotel simulator alone, or run background jobs."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="callbridge", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the HTTP API (and, by default, the jobs)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+
+    simulate = commands.add_parser("simulate", help="run the Exotel simulator on its own port")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=9911)
+    simulate.add_argument("--speed", type=float, default=10.0)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        uvicorn.run(
+            "app.main:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            access_log=False,
+            log_config=None,
+            proxy_headers=True,
+            timeout_graceful_shutdown=20,
+        )
+    elif args.command == "simulate":
+        from app.exotel.simulator import serve_simulator
+
+        serve_simulator(host=args.host, port=args.port, speed=args.speed)
