@@ -6,9 +6,9 @@ every call forward in compressed simulated time (`SimulatorConfig.speed` simulat
 seconds per real second) and posts status callbacks the way Exotel does: multipart by
 default, JSON on request, retried twice on failure.
 
-Run it standalone with `python -m app.exotel.simulator --host 127.0.0.1 --port 9911`,
-or mount `Simulator(...).app` under a prefix (then call `aclose()` on shutdown, since
-a mounted app gets no lifespan events). URIs in its answers (`Uri`, `NextPageUri`)
+Run it standalone with `python -m app.exotel.simulator --host 127.0.0.1 --port 9911`
+(`serve_simulator` does the same from code), or mount `Simulator(...).app` under a
+prefix (then call `aclose()` on shutdown: a mounted app gets no lifespan events). URIs in its answers (`Uri`, `NextPageUri`)
 start at `/v1/...`, relative to wherever the app is mounted, as Exotel's are relative
 to its API host.
 
@@ -540,6 +540,8 @@ class Simulator:
         if scenario is Scenario.SLOW_ANSWER:
             await asyncio.sleep(self.config.slow_answer_s)
         call = self._create_call(fields, _callback_events(form), scenario)
+        # Rendered now: when the callback comes first, the answer still says in-progress,
+        # like a reply that lost the race against its own callback.
         answer = JSONResponse({"Call": call.exotel_json(with_details=False)})
         if scenario is Scenario.CALLBACK_BEFORE_ANSWER:
             await self._play(call, in_real_time=False)
@@ -776,9 +778,14 @@ def main() -> None:
         help="simulated seconds per real second (default %(default)s)",
     )
     arguments = parser.parse_args()
+    serve_simulator(host=arguments.host, port=arguments.port, speed=arguments.speed)
+
+
+def serve_simulator(*, host: str, port: int, speed: float) -> None:
+    """Serve a simulator with the default credentials until interrupted."""
     logging.basicConfig(level=logging.INFO)
-    simulator = Simulator(SimulatorConfig(speed=arguments.speed))
-    uvicorn.run(simulator.app, host=arguments.host, port=arguments.port)
+    simulator = Simulator(SimulatorConfig(speed=speed))
+    uvicorn.run(simulator.app, host=host, port=port)
 
 
 if __name__ == "__main__":
