@@ -8,9 +8,9 @@ default, JSON on request, retried twice on failure.
 
 Run it standalone with `python -m app.exotel.simulator --host 127.0.0.1 --port 9911`
 (`serve_simulator` does the same from code), or mount `Simulator(...).app` under a
-prefix (then call `aclose()` on shutdown: a mounted app gets no lifespan events). URIs in its answers (`Uri`, `NextPageUri`)
-start at `/v1/...`, relative to wherever the app is mounted, as Exotel's are relative
-to its API host.
+prefix (then call `aclose()` on shutdown: a mounted app gets no lifespan events).
+URIs in its answers (`Uri`, `NextPageUri`) start at `/v1/...`, relative to wherever
+the app is mounted, as Exotel's are relative to its API host.
 
 Test numbers: the last four digits of `To` choose what happens, like test card numbers.
 
