@@ -11,6 +11,7 @@ from aiolimiter import AsyncLimiter
 from fastapi import FastAPI
 
 from app.auth import ApiKeys
+from app.callbacks.router import router as callbacks_router
 from app.calls.router import router as calls_router
 from app.calls.service import CallService
 from app.calls.tokens import CallbackTokens
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(calls_router)
+    app.include_router(callbacks_router)
     return app
 
 

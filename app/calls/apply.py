@@ -3,9 +3,11 @@
 Connect answers, status callbacks and reconciliation all come through `apply_update`,
 so the rules hold whatever order Exotel's messages arrive in:
 - a duplicate changes nothing;
-- a terminal status is never replaced by a non-terminal one;
-- among messages, the newest `DateUpdated` wins; an older ("stale") one only fills gaps;
-- an empty value never erases a stored one.
+- a terminal status is never replaced by a non-terminal one, and always replaces one;
+- otherwise the newest `DateUpdated` wins: an older ("stale") message only fills gaps,
+  and says nothing about statuses, the call's or its legs', which it knew before ours;
+- an empty value never erases a stored one;
+- legs are matched by their index.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ def is_terminal(status: str) -> bool:
 
 
 def _is_stale(call: Call, update: CallUpdate) -> bool:
-    if is_terminal(call.status) and not update.is_terminal:
-        return True
-    return (
-        call.exotel_updated_at is not None
-        and update.date_updated is not None
-        and update.date_updated < call.exotel_updated_at
-    )
+    if is_terminal(call.status) != update.is_terminal:
+        # A finished call stays finished, and news that it finished is never old,
+        # whatever the two messages' clocks say.
+        return is_terminal(call.status)
+    if call.exotel_updated_at is None:
+        return False
+    if update.date_updated is None:
+        # Between two outcomes, only a dated one can show it is the newer.
+        return update.is_terminal
+    return update.date_updated < call.exotel_updated_at
 
 
 class _Writer:
@@ -88,7 +93,8 @@ def apply_update(call: Call, update: CallUpdate) -> Applied:
             call.legs.append(leg)
             legs[leg.leg] = leg
             writer.changed = True
-        writer.put(leg, "status", leg_update.status)
+        if not writer.stale:
+            writer.put(leg, "status", leg_update.status)
         writer.put(leg, "on_call_duration", leg_update.on_call_duration)
         writer.put(leg, "answered_by", leg_update.answered_by)
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.auth import Reader, Writer
-from app.calls.schemas import CallCreate, CallOut, CallPage
+from app.calls.schemas import CallCreate, CallEventList, CallEventOut, CallOut, CallPage
 from app.calls.service import CallFilters, CallService
 from app.errors import PROBLEM_CONTENT_TYPE
 
@@ -103,3 +103,14 @@ async def list_calls(
 )
 async def get_call(ref: str, request: Request, _: Reader) -> CallOut:
     return CallOut.from_call(await _service(request).get(ref))
+
+
+@router.get(
+    "/{ref}/events",
+    summary="What Exotel reported about a call, oldest first, with the raw payloads",
+    response_model=CallEventList,
+    responses={**AUTH_PROBLEMS, 404: _problem("No call has this sid or id")},
+)
+async def list_call_events(ref: str, request: Request, _: Reader) -> CallEventList:
+    events = await _service(request).events(ref)
+    return CallEventList(items=[CallEventOut.from_event(event) for event in events])

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, field_validator
 
-from app.calls.models import Call
+from app.calls.models import Call, CallEvent
 
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"], max_length=2048)]
 WebUrl = Annotated[HttpUrl, UrlConstraints(max_length=2048)]
@@ -143,3 +143,33 @@ class CallPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end"
     )
+
+
+class CallEventOut(BaseModel):
+    """One message Exotel sent about a call, as received."""
+
+    id: int
+    source: str = Field(description="`callback`, or `reconcile` for a call-details lookup")
+    received_at: datetime
+    content_type: str | None
+    event_type: str | None = Field(description="Exotel's EventType: `terminal`, `answered`...")
+    status: str | None = Field(description="The call status the message reported")
+    applied: bool = Field(description="Whether the message changed the call")
+    payload: str = Field(description="The body exactly as received (UTF-8; bad bytes replaced)")
+
+    @classmethod
+    def from_event(cls, event: CallEvent) -> CallEventOut:
+        return cls(
+            id=event.id,
+            source=event.source,
+            received_at=event.received_at,
+            content_type=event.content_type,
+            event_type=event.event_type,
+            status=event.status,
+            applied=event.applied,
+            payload=event.raw_body.decode("utf-8", errors="replace"),
+        )
+
+
+class CallEventList(BaseModel):
+    items: list[CallEventOut] = Field(description="Oldest first")

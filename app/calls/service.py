@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.apply import Applied, apply_update
-from app.calls.models import Call, Leg
+from app.calls.models import Call, CallEvent, Leg
 from app.calls.schemas import CallCreate, CallOut
 from app.calls.tokens import CallbackTokens
 from app.config import ApiClient
@@ -339,6 +339,13 @@ class CallService:
         if call is None:
             raise Problem(404, "call-not-found", f"No call has the sid or id {ref!r}")
         return call
+
+    async def events(self, ref: str) -> list[CallEvent]:
+        """What Exotel said about the call, in the order it was applied."""
+        call = await self.get(ref)
+        query = select(CallEvent).where(CallEvent.call_id == call.id).order_by(CallEvent.id)
+        async with self._sessions() as session:
+            return list((await session.scalars(query)).all())
 
     async def list(
         self, filters: CallFilters, *, limit: int, cursor: str | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -190,27 +190,38 @@ class ExotelErrorEnvelope(_ExotelModel):
     rest_exception: ExotelRestException = Field(alias="RestException")
 
 
-EventType = Literal["terminal", "answered"]
+def _sid(value: Any) -> Any:
+    value = _blank_to_none(value)
+    return value.strip() if isinstance(value, str) else value
 
 
 class ExotelCallback(_ExotelModel):
-    """A status callback, parsed from multipart, urlencoded or JSON (see callbacks.py)."""
+    """A status callback, parsed from multipart, urlencoded or JSON (see callbacks.py).
 
-    call_sid: str
-    event_type: OptionalText = None
-    status: OptionalStatus = None
-    date_created: ExotelTime = None
-    date_updated: ExotelTime = None
-    start_time: ExotelTime = None
-    end_time: ExotelTime = None
-    conversation_duration: OptionalInt = None
-    recording_url: OptionalText = None
-    custom_field: OptionalText = None
-    from_: OptionalText = None
-    to: OptionalText = None
-    phone_number_sid: OptionalText = None
-    direction: OptionalText = None
-    legs: tuple[LegUpdate, ...] = ()
+    Fields carry Exotel's names as aliases. `event_type` and `status` are kept as sent
+    (lowercased): Exotel adds event types over time, and an unknown word must not make
+    us refuse, and so lose, the callback.
+    """
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    call_sid: Annotated[str, BeforeValidator(_sid)] = Field(
+        alias="CallSid", min_length=1, max_length=64
+    )
+    event_type: OptionalStatus = Field(None, alias="EventType")
+    status: OptionalStatus = Field(None, alias="Status")
+    date_created: ExotelTime = Field(None, alias="DateCreated")
+    date_updated: ExotelTime = Field(None, alias="DateUpdated")
+    start_time: ExotelTime = Field(None, alias="StartTime")
+    end_time: ExotelTime = Field(None, alias="EndTime")
+    conversation_duration: OptionalInt = Field(None, alias="ConversationDuration")
+    recording_url: OptionalText = Field(None, alias="RecordingUrl")
+    custom_field: OptionalText = Field(None, alias="CustomField")
+    from_: OptionalText = Field(None, alias="From")
+    to: OptionalText = Field(None, alias="To")
+    phone_number_sid: OptionalText = Field(None, alias="PhoneNumberSid")
+    direction: OptionalText = Field(None, alias="Direction")
+    legs: tuple[LegUpdate, ...] = Field((), alias="Legs")
 
     def to_update(self) -> CallUpdate:
         answered_by = next((leg.answered_by for leg in self.legs if leg.answered_by), None)

@@ -1,0 +1,119 @@
+"""POST /callbacks/exotel: where Exotel reports how each call went.
+
+Exotel signs nothing, so the StatusCallback URL carries a per-call token. A dependency
+authenticates it, reads the body under a size cap and parses it; the endpoint only hands
+the result to CallbackService and acknowledges. Exotel gives up after two retries, so
+the answer must come fast and must be 2xx for everything that was stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.callbacks.schemas import CALLBACK_REQUEST_BODY, CallbackAccepted
+from app.callbacks.service import CallbackService, ReceivedCallback
+from app.calls.tokens import CallbackTokens
+from app.errors import PROBLEM_CONTENT_TYPE, Problem, validation_problem
+from app.exotel.callbacks import (
+    SUPPORTED_MEDIA_TYPES,
+    InvalidCallback,
+    UnreadableCallback,
+    UnsupportedContentType,
+    parse_callback,
+)
+
+# Exotel's callbacks are a few hundred bytes; anything near this is not one of them.
+MAX_BODY_BYTES = 64 * 1024
+
+router = APIRouter(prefix="/callbacks", tags=["callbacks"])
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_CONTENT_TYPE: {}}}
+
+
+def _too_large() -> Problem:
+    return Problem(413, "body-too-large", f"A callback body may not exceed {MAX_BODY_BYTES} bytes")
+
+
+def _authenticate(request: Request, token: str | None) -> uuid.UUID:
+    if not token:
+        raise Problem(401, "callback-token-missing", "The callback URL has no token")
+    tokens: CallbackTokens = request.app.state.tokens
+    call_id = tokens.verify(token)
+    if call_id is None:
+        raise Problem(403, "callback-token-invalid", "The callback token is not valid")
+    return call_id
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 before more than MAX_BODY_BYTES of it is held."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        if len(body) + len(chunk) > MAX_BODY_BYTES:
+            raise _too_large()
+        body += chunk
+    return bytes(body)
+
+
+async def received_callback(
+    request: Request,
+    token: Annotated[
+        str | None,
+        Query(description="The per-call token Callbridge put in the StatusCallback URL"),
+    ] = None,
+) -> ReceivedCallback:
+    received_at = datetime.now(UTC)
+    call_id = _authenticate(request, token)
+    body = await _read_body(request)
+    content_type = request.headers.get("content-type")
+    try:
+        callback = await parse_callback(body, content_type)
+    except UnsupportedContentType as exc:
+        raise Problem(415, "unsupported-media-type", str(exc)) from exc
+    except UnreadableCallback as exc:
+        raise Problem(400, "callback-unreadable", str(exc)) from exc
+    except InvalidCallback as exc:
+        raise validation_problem(exc.errors) from exc
+    return ReceivedCallback(
+        call_id=call_id,
+        callback=callback,
+        raw_body=body,
+        content_type=content_type,
+        received_at=received_at,
+    )
+
+
+@router.post(
+    "/exotel",
+    summary="Receive an Exotel status callback",
+    description=(
+        "Exotel posts here (the StatusCallback URL of each call) when a call changes. "
+        f"Accepts {', '.join(SUPPORTED_MEDIA_TYPES)}. The raw callback is stored, then "
+        "applied to the call the token names: duplicates change nothing, a finished call "
+        "never goes back to a running status, and an empty value never erases a stored one."
+    ),
+    response_model=CallbackAccepted,
+    responses={
+        400: _problem("The body is not valid JSON or form data"),
+        401: _problem("The URL has no token"),
+        403: _problem("The token is not valid, or names another call than the CallSid"),
+        404: _problem("The token names no stored call"),
+        413: _problem(f"The body is larger than {MAX_BODY_BYTES} bytes"),
+        415: _problem("The Content-Type is not one Exotel uses"),
+        422: _problem("The callback has no CallSid, or values of the wrong shape"),
+    },
+    openapi_extra={"requestBody": CALLBACK_REQUEST_BODY},
+)
+async def exotel_callback(
+    received: Annotated[ReceivedCallback, Depends(received_callback)], request: Request
+) -> CallbackAccepted:
+    await CallbackService(request.app.state.sessions).record(received)
+    return CallbackAccepted()

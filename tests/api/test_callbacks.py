@@ -1,0 +1,530 @@
+"""POST /callbacks/exotel against a real Postgres, driven the way Exotel drives it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+import respx
+from fastapi import FastAPI
+
+from app.callbacks.router import MAX_BODY_BYTES
+from app.calls.tokens import CallbackTokens
+from tests.exotel_callbacks import (
+    JSON_SAMPLE,
+    SAMPLE_SID,
+    as_multipart,
+    as_urlencoded,
+    call_events,
+    callback,
+    form_of,
+    form_sample,
+    place_calls,
+    read_call,
+)
+from tests.exotel_samples import connect_answer
+
+IST = ZoneInfo("Asia/Kolkata")
+SID = SAMPLE_SID
+OTHER_SID = "c5797dcbaaeed7678c4062a4a3ed2f8a"
+VALID = {"from": "+919876543210", "to": "09123456789"}
+JSON = {"content-type": "application/json"}
+
+
+async def place_call(
+    client: httpx.AsyncClient, exotel: respx.MockRouter
+) -> tuple[dict[str, Any], str]:
+    [(call, url)] = await place_calls(client, exotel, SID)
+    return call, url
+
+
+def with_token(url: str, token: str | None) -> str:
+    base = url.split("?", 1)[0]
+    return base if token is None else f"{base}?token={token}"
+
+
+# -- Exotel's samples, each encoding ---------------------------------------------------
+
+
+async def test_exotels_json_sample(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    call, url = await place_call(client, exotel)
+
+    response = await exotel_side.post(url, content=JSON_SAMPLE, headers=JSON)
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "accepted"}
+    stored = await read_call(client, SID)
+    assert stored["status"] == "no-answer"
+    assert datetime.fromisoformat(stored["end_time"]) == datetime(2019, 4, 8, 3, 18, 36, tzinfo=IST)
+    assert stored["conversation_duration"] == 32
+    assert stored["recording_url"] == (
+        f"https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/<your_sid>/{SID}.mp3"
+    )
+    assert stored["legs"] == [
+        {"leg": 0, "number": call["from"], "status": "completed", "on_call_duration": 41},
+        {"leg": 1, "number": call["to"], "status": "completed", "on_call_duration": 32},
+    ]
+    [event] = await call_events(client, SID)
+    assert event["payload"] == JSON_SAMPLE.decode()
+    assert (event["source"], event["content_type"]) == ("callback", "application/json")
+    assert (event["event_type"], event["status"], event["applied"]) == (
+        "terminal",
+        "no-answer",
+        True,
+    )
+
+
+@pytest.mark.parametrize("encode", [as_multipart, as_urlencoded], ids=["multipart", "urlencoded"])
+async def test_exotels_form_sample_with_a_leg_never_attempted(
+    client: httpx.AsyncClient,
+    exotel: respx.MockRouter,
+    exotel_side: httpx.AsyncClient,
+    encode: Any,
+) -> None:
+    call, url = await place_call(client, exotel)
+
+    request = exotel_side.build_request("POST", url, **encode(form_sample()))
+    sent = await request.aread()
+    response = await exotel_side.send(request)
+
+    assert response.status_code == 200
+    stored = await read_call(client, SID)
+    assert stored["status"] == "no-answer"
+    assert stored["recording_url"] is None
+    assert stored["conversation_duration"] == 0
+    assert datetime.fromisoformat(stored["end_time"]) == datetime(2019, 4, 8, 3, 11, 30, tzinfo=IST)
+    assert stored["legs"] == [
+        {"leg": 0, "number": call["from"], "status": "no-answer", "on_call_duration": 0},
+        {"leg": 1, "number": call["to"], "status": None, "on_call_duration": 0},
+    ]
+    [event] = await call_events(client, SID)
+    assert event["content_type"] == request.headers["content-type"]
+    assert event["payload"] == sent.decode()
+
+
+async def test_json_with_a_charset_parameter(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    _, url = await place_call(client, exotel)
+    response = await exotel_side.post(
+        url, content=JSON_SAMPLE, headers={"content-type": "Application/JSON; charset=utf-8"}
+    )
+    assert response.status_code == 200
+    assert (await read_call(client, SID))["status"] == "no-answer"
+
+
+# -- Apply rules through the endpoint ---------------------------------------------------
+
+
+async def test_a_callback_delivered_three_times_is_applied_once(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    _, url = await place_call(client, exotel)
+
+    first = await exotel_side.post(url, json=callback(Status="completed"))
+    after_first = await read_call(client, SID)
+    for _ in range(2):
+        again = await exotel_side.post(url, json=callback(Status="completed"))
+        assert again.status_code == 200
+
+    assert first.status_code == 200
+    assert after_first["status"] == "completed"
+    assert await read_call(client, SID) == after_first
+    assert [event["applied"] for event in await call_events(client, SID)] == [True, False, False]
+
+
+async def test_concurrent_duplicates_are_applied_exactly_once(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    _, url = await place_call(client, exotel)
+
+    responses = await asyncio.gather(
+        *(exotel_side.post(url, json=callback(Status="completed")) for _ in range(5))
+    )
+
+    assert {response.status_code for response in responses} == {200}
+    assert sorted(event["applied"] for event in await call_events(client, SID)) == [False] * 4 + [
+        True
+    ]
+    assert (await read_call(client, SID))["status"] == "completed"
+
+
+async def test_a_stale_answered_after_completed_changes_nothing(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    _, url = await place_call(client, exotel)
+    await exotel_side.post(url, json=callback(Status="completed"))
+    completed = await read_call(client, SID)
+
+    stale = callback(
+        EventType="answered",
+        Status="in-progress",
+        DateUpdated="2019-04-08 03:18:05",
+        EndTime=None,
+        Legs=[{"Status": "in-progress"}, {"Status": "in-progress"}],
+    )
+    response = await exotel_side.post(url, json=stale)
+
+    assert response.status_code == 200
+    assert await read_call(client, SID) == completed
+    assert completed["status"] == "completed"
+    assert [(e["event_type"], e["applied"]) for e in await call_events(client, SID)] == [
+        ("terminal", True),
+        ("answered", False),
+    ]
+
+
+async def test_an_empty_recording_url_does_not_erase_a_stored_one(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    _, url = await place_call(client, exotel)
+    await exotel_side.post(url, json=callback())
+    recording = (await read_call(client, SID))["recording_url"]
+    assert recording is not None
+
+    later = [
+        ("CallSid", SID),
+        ("Status", "no-answer"),
+        ("DateUpdated", "2019-04-08 03:19:00"),
+        ("RecordingUrl", ""),
+    ]
+    assert (await exotel_side.post(url, **as_multipart(later))).status_code == 200
+    assert (await exotel_side.post(url, json=callback(RecordingUrl=None))).status_code == 200
+
+    assert (await read_call(client, SID))["recording_url"] == recording
+    assert len(await call_events(client, SID)) == 3
+
+
+async def test_terminal_callback_committed_before_the_connect_answer(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    """Exotel calls back while POST /calls still waits for its connect answer."""
+    seen_while_pending: list[dict[str, Any]] = []
+    delivered: list[httpx.Response] = []
+
+    async def exotel_connect(request: httpx.Request) -> httpx.Response:
+        seen_while_pending.extend((await client.get("/calls")).json()["items"])
+        delivered.append(
+            await exotel_side.post(form_of(request)["StatusCallback"], json=callback())
+        )
+        return httpx.Response(200, json=connect_answer(SID))  # says `in-progress`
+
+    exotel.post("/connect.json").mock(side_effect=exotel_connect)
+
+    response = await client.post("/calls", json=VALID)
+
+    assert [(c["status"], c["sid"]) for c in seen_while_pending] == [("pending", None)]
+    assert delivered[0].status_code == 200
+    assert response.status_code == 201
+    assert response.json()["status"] == "no-answer"
+    stored = await read_call(client, SID)
+    assert stored["status"] == "no-answer"
+    assert stored["recording_url"] is not None
+    assert datetime.fromisoformat(stored["end_time"]) == datetime(2019, 4, 8, 3, 18, 36, tzinfo=IST)
+    # The connect answer still filled what the callback did not say.
+    assert datetime.fromisoformat(stored["start_time"]) == datetime(
+        2019, 4, 8, 3, 17, 59, tzinfo=IST
+    )
+    assert stored["direction"] == "outbound-api"
+    [event] = await call_events(client, SID)
+    assert event["applied"] is True
+
+
+@pytest.mark.parametrize("answer_delay", range(10))
+async def test_terminal_callback_racing_the_connect_answer(
+    client: httpx.AsyncClient,
+    exotel: respx.MockRouter,
+    exotel_side: httpx.AsyncClient,
+    answer_delay: int,
+) -> None:
+    """Callback and connect answer contend for the call's row lock: either order ends terminal."""
+    deliveries: list[asyncio.Task[httpx.Response]] = []
+
+    async def exotel_connect(request: httpx.Request) -> httpx.Response:
+        url = form_of(request)["StatusCallback"]
+        deliveries.append(asyncio.create_task(exotel_side.post(url, json=callback())))
+        for _ in range(answer_delay):
+            await asyncio.sleep(0)
+        return httpx.Response(200, json=connect_answer(SID))
+
+    exotel.post("/connect.json").mock(side_effect=exotel_connect)
+
+    response = await client.post("/calls", json=VALID)
+    delivered = await deliveries[0]
+
+    assert response.status_code == 201
+    assert delivered.status_code == 200
+    stored = await read_call(client, SID)
+    assert (stored["sid"], stored["status"]) == (SID, "no-answer")
+    assert stored["direction"] == "outbound-api"
+
+
+async def test_a_callback_for_a_call_whose_answer_was_lost_attaches_its_sid(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    route = exotel.post("/connect.json").mock(side_effect=httpx.ReadTimeout("slow"))
+    lost = await client.post("/calls", json=VALID)
+    assert lost.status_code == 504
+    url = form_of(route.calls.last.request)["StatusCallback"]
+
+    response = await exotel_side.post(url, json=callback(Status="completed"))
+
+    assert response.status_code == 200
+    stored = await read_call(client, lost.json()["id"])
+    assert (stored["sid"], stored["status"]) == (SID, "completed")
+    assert len(await call_events(client, SID)) == 1
+
+
+async def test_a_value_the_database_refuses_keeps_the_event_and_the_call(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    _, url = await place_call(client, exotel)
+    before = await read_call(client, SID)
+
+    response = await exotel_side.post(url, json=callback(Status="s" * 40))
+
+    assert response.status_code == 200
+    assert await read_call(client, SID) == before
+    [event] = await call_events(client, SID)
+    assert event["applied"] is False
+    assert json.loads(event["payload"])["Status"] == "s" * 40
+
+
+# -- Authentication -------------------------------------------------------------------
+
+
+async def assert_nothing_changed(client: httpx.AsyncClient, calls: list[dict[str, Any]]) -> None:
+    for call in calls:
+        assert await read_call(client, call["id"]) == call
+        assert await call_events(client, call["id"]) == []
+
+
+async def test_a_missing_token_is_401_and_changes_nothing(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    call, url = await place_call(client, exotel)
+    for target in (with_token(url, None), with_token(url, "")):
+        response = await exotel_side.post(target, json=callback())
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+    await assert_nothing_changed(client, [call])
+
+
+async def test_forged_tokens_are_403_and_change_nothing(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    exotel: respx.MockRouter,
+    exotel_side: httpx.AsyncClient,
+) -> None:
+    call, url = await place_call(client, exotel)
+    token = parse_qs(urlsplit(url).query)["token"][0]
+    call_id = uuid.UUID(call["id"])
+    forged = [
+        token[:-1] + ("0" if token[-1] != "0" else "1"),
+        CallbackTokens("another-secret").for_call(call_id),
+        call_id.hex,
+        "not-a-token",
+        token.split(".")[1],
+    ]
+    for bad in forged:
+        response = await exotel_side.post(with_token(url, bad), json=callback())
+        assert response.status_code == 403, bad
+        assert response.headers["content-type"] == "application/problem+json"
+    await assert_nothing_changed(client, [call])
+
+
+async def test_a_token_never_changes_another_call(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    [(first, first_url), (second, _)] = await place_calls(client, exotel, SID, OTHER_SID)
+
+    for sid in (OTHER_SID, "a-sid-no-call-has"):
+        response = await exotel_side.post(first_url, json=callback(CallSid=sid))
+        assert response.status_code == 403
+        assert response.headers["content-type"] == "application/problem+json"
+
+    await assert_nothing_changed(client, [first, second])
+
+
+async def test_a_token_of_a_call_without_sid_cannot_take_another_calls_sid(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    await place_calls(client, exotel, OTHER_SID)
+    route = exotel.post("/connect.json").mock(side_effect=httpx.ReadTimeout("slow"))
+    lost = await client.post("/calls", json=VALID)
+    url = form_of(route.calls.last.request)["StatusCallback"]
+    calls = [await read_call(client, OTHER_SID), await read_call(client, lost.json()["id"])]
+
+    response = await exotel_side.post(url, json=callback(CallSid=OTHER_SID))
+
+    assert response.status_code == 403
+    await assert_nothing_changed(client, calls)
+
+
+async def test_a_token_for_a_call_that_is_not_stored_is_404(
+    app: FastAPI, exotel_side: httpx.AsyncClient
+) -> None:
+    token = app.state.tokens.for_call(uuid.uuid4())
+    response = await exotel_side.post(f"/callbacks/exotel?token={token}", json=callback())
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+# -- Bodies that are not callbacks ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "slug"),
+    [
+        (b'{"CallSid": "492205107c5fb48f4ac25d1f77759339",', "application/json", 400, "unreadable"),
+        (b"[]", "application/json", 400, "unreadable"),
+        (b"CallSid=x", "multipart/form-data", 400, "unreadable"),
+        (b'{"Status": "completed"}', "application/json", 422, "validation-error"),
+        (b'{"CallSid": "", "Status": "completed"}', "application/json", 422, "validation-error"),
+        (b"Status=completed&CallSid=", "application/x-www-form-urlencoded", 422, "validation"),
+        (JSON_SAMPLE, "text/plain", 415, "unsupported-media-type"),
+        (JSON_SAMPLE, None, 415, "unsupported-media-type"),
+    ],
+)
+async def test_bodies_that_are_not_callbacks_are_refused_and_not_stored(
+    client: httpx.AsyncClient,
+    exotel: respx.MockRouter,
+    exotel_side: httpx.AsyncClient,
+    content: bytes,
+    content_type: str | None,
+    status: int,
+    slug: str,
+) -> None:
+    call, url = await place_call(client, exotel)
+    headers = {"content-type": content_type} if content_type else {}
+
+    response = await exotel_side.post(url, content=content, headers=headers)
+
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert slug in response.json()["type"]
+    await assert_nothing_changed(client, [call])
+
+
+async def test_a_missing_call_sid_is_named(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    _, url = await place_call(client, exotel)
+    payload = callback()
+    del payload["CallSid"]
+    response = await exotel_side.post(url, json=payload)
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["CallSid"]
+
+
+def padded(size: int) -> bytes:
+    """A valid JSON callback of exactly `size` bytes."""
+    base = json.dumps(callback(CustomField=""))
+    body = base[:-1] + ', "Padding": ""}'
+    return (body[:-2] + "x" * (size - len(body)) + '"}').encode()
+
+
+async def test_a_body_of_the_limit_is_accepted_and_one_byte_more_is_413(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    call, url = await place_call(client, exotel)
+    too_large = padded(MAX_BODY_BYTES + 1)
+    assert len(too_large) == MAX_BODY_BYTES + 1
+
+    refused = await exotel_side.post(url, content=too_large, headers=JSON)
+    assert refused.status_code == 413
+    assert refused.headers["content-type"] == "application/problem+json"
+    await assert_nothing_changed(client, [call])
+
+    accepted = await exotel_side.post(url, content=padded(MAX_BODY_BYTES), headers=JSON)
+    assert accepted.status_code == 200
+    [event] = await call_events(client, SID)
+    assert len(event["payload"]) == MAX_BODY_BYTES
+
+
+async def test_a_streamed_body_over_the_limit_is_cut_off_without_reading_it_all(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    call, url = await place_call(client, exotel)
+    chunk = 4096
+    total = 16 * MAX_BODY_BYTES
+    sent = 0
+
+    async def endless_body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        while sent < total:
+            sent += chunk
+            yield b" " * chunk
+
+    response = await exotel_side.post(url, content=endless_body(), headers=JSON)
+
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert sent <= MAX_BODY_BYTES + chunk
+    await assert_nothing_changed(client, [call])
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_reading(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    call, url = await place_call(client, exotel)
+    read = False
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal read
+        read = True
+        yield JSON_SAMPLE
+
+    response = await exotel_side.post(
+        url,
+        content=body(),
+        headers={**JSON, "content-length": str(MAX_BODY_BYTES + 1)},
+    )
+
+    assert response.status_code == 413
+    assert not read
+    await assert_nothing_changed(client, [call])
+
+
+# -- What the callback path shows of itself ---------------------------------------------
+
+
+async def test_logs_show_neither_tokens_nor_full_numbers(
+    client: httpx.AsyncClient,
+    exotel: respx.MockRouter,
+    exotel_side: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    call, url = await place_call(client, exotel)
+    token = parse_qs(urlsplit(url).query)["token"][0]
+    await exotel_side.post(url, json=callback(Status="s" * 40))
+    await exotel_side.post(url, json=callback())
+    await exotel_side.post(with_token(url, token[:-1]), json=callback())
+    await exotel_side.post(url, json=callback(CallSid=OTHER_SID))
+
+    assert "callback_received" in caplog.text
+    assert "callback_not_applied" in caplog.text
+    for secret in (token, token.split(".")[1], call["from"], call["to"]):
+        assert secret not in caplog.text
+
+
+async def test_the_callback_route_is_documented(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    operation = schema["paths"]["/callbacks/exotel"]["post"]
+    assert set(operation["requestBody"]["content"]) == {
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+        "application/json",
+    }
+    assert {"200", "400", "401", "403", "413", "415", "422"} <= set(operation["responses"])
+    assert [parameter["name"] for parameter in operation["parameters"]] == ["token"]
