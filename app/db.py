@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from pathlib import Path
 
 import structlog
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -34,9 +37,41 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        hide_parameters=True,  # statement values hold phone numbers; errors get logged
         pool_timeout=5,
         connect_args={"connect_timeout": 5},
     )
+
+
+class DatabaseUnreachable(RuntimeError):
+    pass
+
+
+async def wait_for_database(engine: AsyncEngine, *, timeout_s: float) -> None:
+    """Return once the database answers; give up after `timeout_s` with a clear error.
+
+    Containers start together: the database may still be booting when we are. Each
+    attempt is bounded by the connect timeout set in `create_engine`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay_s = 0.2
+    while True:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return
+        except (OSError, DBAPIError, PoolTimeout) as exc:
+            reason = exc.orig if isinstance(exc, DBAPIError) else exc
+            left_s = deadline - loop.time()
+            if left_s <= 0:
+                raise DatabaseUnreachable(
+                    f"The database at {engine.url} did not answer within {timeout_s:g} s "
+                    f"(DATABASE_WAIT_S): {type(reason).__name__}: {reason}"
+                ) from exc
+            log.warning("database_not_ready", retry_in_s=round(min(delay_s, left_s), 2))
+            await asyncio.sleep(min(delay_s, left_s))
+            delay_s = min(delay_s * 2, 5.0)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
