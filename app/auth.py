@@ -7,11 +7,14 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import ApiClient, Role
 from app.errors import Problem
 
 ANONYMOUS = ApiClient(name="anonymous", role="write")
+# Reads the header and documents the scheme in OpenAPI; the answers are ours (problem+json).
+_bearer = HTTPBearer(auto_error=False, description="A key from API_KEYS")
 
 
 class ApiKeys:
@@ -27,11 +30,11 @@ class ApiKeys:
     def open_access(self) -> bool:
         return not self._by_digest
 
-    def identify(self, authorization: str | None) -> ApiClient:
+    def identify(self, secret: str | None) -> ApiClient:
+        """The client whose key `secret` is (None: no Bearer key was sent)."""
         if self.open_access:
             return ANONYMOUS
-        scheme, _, secret = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not secret:
+        if not secret:
             raise _unauthorized("Send an API key as `Authorization: Bearer <key>`")
         digest = hashlib.sha256(secret.strip().encode()).digest()
         found = None
@@ -48,9 +51,12 @@ def _unauthorized(detail: str) -> Problem:
 
 
 def _require(role: Role) -> object:
-    def dependency(request: Request) -> ApiClient:
+    def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> ApiClient:
         keys: ApiKeys = request.app.state.api_keys
-        client = keys.identify(request.headers.get("authorization"))
+        client = keys.identify(credentials.credentials if credentials else None)
         if role == "write" and client.role != "write":
             raise Problem(403, "forbidden", "This API key may only read calls")
         request.state.api_client = client.name

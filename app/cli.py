@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import uvicorn
+
+# How `serve` runs uvicorn (tests/ops/test_shutdown.py serves with the same options).
+SERVER_OPTIONS: dict[str, Any] = {
+    # Our request log replaces uvicorn's, which would print query strings: callback tokens.
+    "access_log": False,
+    "log_config": None,
+    "proxy_headers": True,
+    # On SIGTERM, requests in flight get this long to finish (compose allows 30 s).
+    "timeout_graceful_shutdown": 20,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,10 +39,7 @@ def main(argv: list[str] | None = None) -> None:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            access_log=False,
-            log_config=None,
-            proxy_headers=True,
-            timeout_graceful_shutdown=20,
+            **SERVER_OPTIONS,
         )
     elif args.command == "simulate":
         from app.exotel.simulator import serve_simulator

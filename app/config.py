@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     )
 
     database_url: str | None = None
+    database_wait_s: float = Field(30, ge=0)
     callbridge_data_dir: Path = Path(".callbridge")
 
     exotel_account_sid: str | None = None

@@ -16,14 +16,35 @@ from app.calls.router import router as calls_router
 from app.calls.service import CallService
 from app.calls.tokens import CallbackTokens
 from app.config import Settings, get_settings
-from app.db import create_engine, create_sessionmaker, migrate, start_embedded_postgres
+from app.db import (
+    create_engine,
+    create_sessionmaker,
+    migrate,
+    start_embedded_postgres,
+    wait_for_database,
+)
 from app.errors import install_error_handlers
 from app.exotel.client import ExotelClient, build_http_client
 from app.logs import configure_logging
+from app.middleware import MAX_BODY_BYTES, BodySizeLimitMiddleware, RequestLogMiddleware
+from app.openapi import install_openapi
+from app.ops.router import router as ops_router
+from app.ops.service import OpsService
+from app.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
 
 SIMULATOR_PREFIX = "/simulator"
+API_DESCRIPTION = """\
+Internal services place calls with `POST /calls`; dashboards read them back.
+
+- **Auth:** `Authorization: Bearer <key>`, a key from `API_KEYS` with role `write` or `read`.
+- **Errors** are `application/problem+json` (RFC 9457): match on `type`, show `detail`.
+- **Request ids:** every answer carries `X-Request-ID` (yours, if you sent a sane one); the
+  same id is on every log line written for the request.
+- **Limits:** `POST /calls` is limited per API key (429 with `Retry-After`); request bodies
+  are capped at 64 KiB (413).
+"""
 
 
 async def _database_url(settings: Settings) -> str:
@@ -69,13 +90,27 @@ def _exotel_client(app: FastAPI, settings: Settings, stack: AsyncExitStack) -> E
     return ExotelClient(http, account_sid=config.account_sid, limiter=limiter)
 
 
+def _secrets(settings: Settings) -> list[str]:
+    """Values the logs must never show, whatever a log call passes them."""
+    secrets = [secret for _, secret in settings.api_clients.values()]
+    for value in (settings.exotel_api_token, settings.callback_secret, settings.notify_secret):
+        if value is not None:
+            secrets.append(value.get_secret_value())
+    return secrets
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings or get_settings()
-    configure_logging(json_format=settings.log_format == "json", level=settings.log_level)
+    configure_logging(
+        json_format=settings.log_format == "json",
+        level=settings.log_level,
+        secrets=_secrets(settings),
+    )
     async with AsyncExitStack() as stack:
         engine = create_engine(await _database_url(settings))
         stack.push_async_callback(engine.dispose)
+        await wait_for_database(engine, timeout_s=settings.database_wait_s)
         sessions = create_sessionmaker(engine)
 
         callback_secret = (
@@ -87,6 +122,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.api_keys.open_access:
             log.warning("OPEN ACCESS: API_KEYS is empty, every request may place and read calls")
         app.state.sessions = sessions
+        app.state.ops = OpsService(sessions)
+        app.state.call_limiter = RateLimiter(settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
         app.state.calls = CallService(
             sessions,
@@ -104,13 +141,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Callbridge",
         summary="Places phone calls through Exotel and keeps them current from its callbacks.",
+        description=API_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_openapi(app)
+    # The last added runs first: the request log sees (and counts) the 413s too.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestLogMiddleware)
     app.include_router(calls_router)
     app.include_router(callbacks_router)
+    app.include_router(ops_router)
     return app
 
 

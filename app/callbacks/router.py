@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.callbacks.schemas import CALLBACK_REQUEST_BODY, CallbackAccepted
 from app.callbacks.service import CallbackService, ReceivedCallback
 from app.calls.tokens import CallbackTokens
-from app.errors import PROBLEM_CONTENT_TYPE, Problem, validation_problem
+from app.errors import SERVER_PROBLEMS, Problem, problem_response, validation_problem
 from app.exotel.callbacks import (
     SUPPORTED_MEDIA_TYPES,
     InvalidCallback,
@@ -30,10 +30,6 @@ from app.exotel.callbacks import (
 MAX_BODY_BYTES = 64 * 1024
 
 router = APIRouter(prefix="/callbacks", tags=["callbacks"])
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {PROBLEM_CONTENT_TYPE: {}}}
 
 
 def _too_large() -> Problem:
@@ -102,13 +98,40 @@ async def received_callback(
     ),
     response_model=CallbackAccepted,
     responses={
-        400: _problem("The body is not valid JSON or form data"),
-        401: _problem("The URL has no token"),
-        403: _problem("The token is not valid, or names another call than the CallSid"),
-        404: _problem("The token names no stored call"),
-        413: _problem(f"The body is larger than {MAX_BODY_BYTES} bytes"),
-        415: _problem("The Content-Type is not one Exotel uses"),
-        422: _problem("The callback has no CallSid, or values of the wrong shape"),
+        200: {
+            "description": "Stored, and applied unless it told nothing new",
+            "content": {"application/json": {"example": {"status": "accepted"}}},
+        },
+        400: problem_response(
+            "The body is not valid JSON or form data",
+            Problem(400, "callback-unreadable", "The JSON body is not an object"),
+        ),
+        401: problem_response(
+            "The URL has no token",
+            Problem(401, "callback-token-missing", "The callback URL has no token"),
+        ),
+        403: problem_response(
+            "The token is not valid, or names another call than the CallSid",
+            Problem(403, "callback-token-invalid", "The callback token is not valid"),
+        ),
+        404: problem_response(
+            "The token names no stored call",
+            Problem(404, "call-not-found", "The token names no stored call"),
+        ),
+        413: problem_response(f"The body is larger than {MAX_BODY_BYTES} bytes", _too_large()),
+        415: problem_response(
+            "The Content-Type is not one Exotel uses",
+            Problem(
+                415,
+                "unsupported-media-type",
+                f"Content-Type 'text/plain' is not one of {', '.join(SUPPORTED_MEDIA_TYPES)}",
+            ),
+        ),
+        422: problem_response(
+            "The callback has no CallSid, or values of the wrong shape",
+            validation_problem([{"field": "CallSid", "message": "Field required"}]),
+        ),
+        **SERVER_PROBLEMS,
     },
     openapi_extra={"requestBody": CALLBACK_REQUEST_BODY},
 )

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.auth import Reader, Writer
-from app.calls.schemas import CallCreate, CallEventList, CallEventOut, CallOut, CallPage
+from app.auth import Reader
+from app.calls.openapi import (
+    EVENTS_RESPONSES,
+    LIST_RESPONSES,
+    PLACE_EXAMPLES,
+    PLACE_RESPONSES,
+    READ_RESPONSES,
+)
+from app.calls.schemas import (
+    NO_NUL,
+    CallCreate,
+    CallEventList,
+    CallEventOut,
+    CallOut,
+    CallPage,
+)
 from app.calls.service import CallFilters, CallService
 from app.errors import PROBLEM_CONTENT_TYPE
+from app.ratelimit import LimitedWriter
 
 router = APIRouter(prefix="/calls", tags=["calls"])
+CallRef = Annotated[
+    str, Path(max_length=64, pattern=NO_NUL, description="The Exotel Sid or the call's id")
+]
 
 
 def _service(request: Request) -> CallService:
@@ -21,37 +39,17 @@ def _service(request: Request) -> CallService:
     return service
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {PROBLEM_CONTENT_TYPE: {}}}
-
-
-AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: _problem("Missing or unknown API key"),
-    403: _problem("The API key may not do this"),
-    422: _problem("Invalid request: `errors` names each field"),
-}
-
-
 @router.post(
     "",
     status_code=201,
     summary="Place a call: ring `from`, then bridge `to`",
     response_model=CallOut,
-    responses={
-        **AUTH_PROBLEMS,
-        409: _problem("A request with this Idempotency-Key is still in flight"),
-        422: _problem(
-            "Invalid request, Idempotency-Key reused with another body, or Exotel refused"
-        ),
-        502: _problem("Exotel failed, is unreachable, or rejected Callbridge's credentials"),
-        503: _problem("Exotel is rate limiting; see Retry-After"),
-        504: _problem("Exotel did not answer in time; the call's `id` is in the body"),
-    },
+    responses=PLACE_RESPONSES,
 )
 async def place_call(
-    body: CallCreate,
+    body: Annotated[CallCreate, Body(openapi_examples=PLACE_EXAMPLES)],
     request: Request,
-    client: Writer,
+    client: LimitedWriter,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
@@ -68,15 +66,15 @@ async def place_call(
     "",
     summary="List calls, newest first",
     response_model=CallPage,
-    responses=AUTH_PROBLEMS,
+    responses=LIST_RESPONSES,
 )
 async def list_calls(
     request: Request,
     _: Reader,
-    status: str | None = None,
+    status: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
     from_: Annotated[str | None, Query(alias="from", max_length=32)] = None,
     to: Annotated[str | None, Query(max_length=32)] = None,
-    custom_field: Annotated[str | None, Query(max_length=128)] = None,
+    custom_field: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -99,9 +97,9 @@ async def list_calls(
     "/{ref}",
     summary="Read one call by its Exotel Sid or its id",
     response_model=CallOut,
-    responses={**AUTH_PROBLEMS, 404: _problem("No call has this sid or id")},
+    responses=READ_RESPONSES,
 )
-async def get_call(ref: str, request: Request, _: Reader) -> CallOut:
+async def get_call(ref: CallRef, request: Request, _: Reader) -> CallOut:
     return CallOut.from_call(await _service(request).get(ref))
 
 
@@ -109,8 +107,8 @@ async def get_call(ref: str, request: Request, _: Reader) -> CallOut:
     "/{ref}/events",
     summary="What Exotel reported about a call, oldest first, with the raw payloads",
     response_model=CallEventList,
-    responses={**AUTH_PROBLEMS, 404: _problem("No call has this sid or id")},
+    responses=EVENTS_RESPONSES,
 )
-async def list_call_events(ref: str, request: Request, _: Reader) -> CallEventList:
+async def list_call_events(ref: CallRef, request: Request, _: Reader) -> CallEventList:
     events = await _service(request).events(ref)
     return CallEventList(items=[CallEventOut.from_event(event) for event in events])

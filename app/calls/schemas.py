@@ -12,6 +12,8 @@ from app.calls.models import Call, CallEvent
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"], max_length=2048)]
 WebUrl = Annotated[HttpUrl, UrlConstraints(max_length=2048)]
 PhoneNumberText = Annotated[str, Field(min_length=1, max_length=32)]
+# Postgres text cannot hold NUL: refuse it at the edge (422), not in the database (500).
+NO_NUL = r"^[^\x00]*$"
 
 
 class CallCreate(BaseModel):
@@ -47,7 +49,7 @@ class CallCreate(BaseModel):
     record: bool | None = None
     recording_channels: Literal["single", "dual"] | None = None
     recording_format: Literal["mp3", "mp3-hq"] | None = None
-    custom_field: str | None = Field(None, max_length=128)
+    custom_field: str | None = Field(None, max_length=128, pattern=NO_NUL)
     start_playback_to: Literal["callee", "both"] | None = None
     start_playback_value: WebUrl | None = None
     stream_url: WebSocketUrl | None = None

@@ -41,6 +41,7 @@ from app.exotel.client import (
     ExotelRefused,
 )
 from app.exotel.schemas import CallUpdate
+from app.metrics import record_status_change
 
 log = structlog.get_logger(__name__)
 
@@ -320,6 +321,7 @@ class CallService:
         """Apply what Exotel said to a locked call, within the caller's transaction."""
         applied = apply_update(call, update)
         if applied.changed:
+            record_status_change(applied.previous_status, applied.status)
             await session.flush()
             await session.refresh(call)
         return applied

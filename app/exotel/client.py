@@ -25,6 +25,7 @@ from app.exotel.schemas import (
     ExotelErrorEnvelope,
     ExotelRestException,
 )
+from app.metrics import EXOTEL_REQUEST_DURATION, EXOTEL_REQUESTS
 
 log = structlog.get_logger(__name__)
 ExotelModel = TypeVar("ExotelModel", ExotelCallEnvelope, ExotelCallList)
@@ -204,16 +205,16 @@ class ExotelClient:
             try:
                 response = await self._http.request(method, url, data=data, params=params)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                self._log(operation, "unreachable", started)
+                self._record(operation, "unreachable", started)
                 raise ExotelUnavailable(
                     f"Exotel could not be reached: {type(exc).__name__}"
                 ) from exc
             except httpx.TransportError as exc:
-                self._log(operation, "no_answer", started)
+                self._record(operation, "no_answer", started)
                 raise ExotelOutcomeUnknown(
                     f"No answer from Exotel after sending: {type(exc).__name__}"
                 ) from exc
-        self._log(
+        self._record(
             operation, "ok" if response.is_success else "error", started, response.status_code
         )
         if not response.is_success:
@@ -221,14 +222,17 @@ class ExotelClient:
         return response
 
     @staticmethod
-    def _log(operation: str, outcome: str, started: float, status: int | None = None) -> None:
-        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    def _record(operation: str, outcome: str, started: float, status: int | None = None) -> None:
+        """Log and count one request; never its URL, whose query may hold a phone number."""
+        latency_s = time.perf_counter() - started
+        EXOTEL_REQUESTS.labels(operation, outcome).inc()
+        EXOTEL_REQUEST_DURATION.labels(operation, outcome).observe(latency_s)
         log.info(
             "exotel_request",
             operation=operation,
             outcome=outcome,
             status=status,
-            latency_ms=latency_ms,
+            latency_ms=round(latency_s * 1000, 1),
         )
 
     @staticmethod

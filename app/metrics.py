@@ -1,0 +1,77 @@
+"""Every Prometheus metric Callbridge exports, served at GET /metrics.
+
+They live in the process-wide default registry, next to prometheus-client's process
+and GC metrics. Labels only ever take values from small, fixed sets (route templates,
+operations, statuses), so no label can grow without bound.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from app.exotel.schemas import TERMINAL_STATUSES
+
+HTTP_REQUESTS = Counter(
+    "callbridge_http_requests_total",
+    "HTTP requests answered, by route template, method and status code.",
+    ["method", "route", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "callbridge_http_request_duration_seconds",
+    "Time from receiving an HTTP request to sending the end of its response.",
+    ["method", "route"],
+)
+
+EXOTEL_REQUESTS = Counter(
+    "callbridge_exotel_requests_total",
+    "Requests to Exotel, by operation and outcome (ok, error, unreachable, no_answer).",
+    ["operation", "outcome"],
+)
+EXOTEL_REQUEST_DURATION = Histogram(
+    "callbridge_exotel_request_duration_seconds",
+    "Latency of requests to Exotel, by operation and outcome.",
+    ["operation", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30),
+)
+
+CALLBACKS = Counter(
+    "callbridge_callbacks_total",
+    "Exotel status callbacks received, by outcome.",
+    ["outcome"],
+)
+CALL_STATUS_TRANSITIONS = Counter(
+    "callbridge_call_status_transitions_total",
+    "Changes of a stored call's status.",
+    ["from_status", "to_status"],
+)
+
+RELAY_QUEUE_DEPTH = Gauge(
+    "callbridge_relay_queue_depth",
+    "Finished-call notifications waiting to be delivered to their notify_url.",
+)
+RELAY_FAILURES = Counter(
+    "callbridge_relay_failures_total",
+    "Failed attempts to deliver a finished-call notification.",
+)
+RECONCILE_BACKLOG = Gauge(
+    "callbridge_reconcile_backlog",
+    "Calls due to be looked up at Exotel by the reconciler.",
+)
+
+RATE_LIMITED = Counter(
+    "callbridge_rate_limited_total",
+    "POST /calls requests refused with 429, by API client.",
+    ["client"],
+)
+
+CALL_STATUSES = frozenset({"pending", "unknown", "queued", "in-progress"}) | TERMINAL_STATUSES
+
+
+def status_label(status: str) -> str:
+    """The status as a label value; Exotel may invent words, and a label must stay bounded."""
+    return status if status in CALL_STATUSES else "other"
+
+
+def record_status_change(previous: str, current: str) -> None:
+    if previous != current:
+        CALL_STATUS_TRANSITIONS.labels(status_label(previous), status_label(current)).inc()

@@ -1,0 +1,137 @@
+"""Pure ASGI middleware: the request log (with HTTP metrics) and the request body cap.
+
+Pure ASGI rather than BaseHTTPMiddleware: nothing is buffered, the request id bound
+here reaches every log line of the request (same task, same contextvars), and a body
+can be refused while it streams in.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import HTTPProblem, Problem
+from app.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
+
+log = structlog.get_logger("app.requests")
+
+# Requests to Callbridge are a few KiB at most (POST /calls with four long URLs).
+MAX_BODY_BYTES = 64 * 1024
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's id is kept if it could not smuggle anything into a log line or a header.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Probes and scrapes arrive every few seconds; at info they would drown the log.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+UNMATCHED_ROUTE = "unmatched"
+
+
+def _request_id(scope: Scope) -> str:
+    given = Headers(scope=scope).get(REQUEST_ID_HEADER)
+    if given is not None and _SANE_REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's template (`/calls/{ref}`), never the raw path, which holds ids."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        # Inside a mounted app, route paths are relative to the mount point.
+        return str(scope.get("root_path", "")) + path
+    # Plain routes (/docs, /openapi.json) leave no route in the scope; one without
+    # path parameters is its own template.
+    if "endpoint" in scope and not scope.get("path_params"):
+        return str(scope["path"])
+    return UNMATCHED_ROUTE
+
+
+class RequestLogMiddleware:
+    """One log line and one metrics sample per HTTP request.
+
+    The line carries the request id (also echoed in X-Request-ID), the API client
+    (set by app.auth), the route template, status and duration; no path or query
+    string, so no callback token or phone number can reach it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_request_id)
+            finally:
+                duration = time.perf_counter() - started
+                route = _route_template(scope)
+                method = scope["method"] if scope["method"] in _METHODS else "other"
+                HTTP_REQUESTS.labels(method, route, str(status)).inc()
+                HTTP_REQUEST_DURATION.labels(method, route).observe(duration)
+                quiet = route in QUIET_ROUTES and status < 500
+                (log.debug if quiet else log.info)(
+                    "request",
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_ms=round(duration * 1000, 1),
+                    client=state.get("api_client"),
+                )
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies over `max_bytes` with 413, without ever holding more.
+
+    A declared Content-Length is refused before the app runs; a chunked body is
+    counted as it streams and refused at the chunk that crosses the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> Problem:
+        return Problem(
+            413, "body-too-large", f"The request body may not exceed {self.max_bytes} bytes"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large().response()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPProblem(self._too_large())
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,56 @@
+"""The OpenAPI document behind /docs, completed where FastAPI's generator falls short."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
+
+from app.errors import ProblemDetails
+
+
+def _add_problem_schema(document: dict[str, Any]) -> None:
+    """Error responses refer to the Problem schema by `$ref`; no route returns it as a model."""
+    schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(schema.pop("$defs", {}))
+    schemas["Problem"] = schema
+
+
+def _restore_response_examples(app: FastAPI, document: dict[str, Any]) -> None:
+    """Put back the response examples as written.
+
+    FastAPI encodes the document with `exclude_none`, which also strips every null out
+    of the examples, leaving a call resource without its (nullable, required) fields.
+    """
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, APIRoute) or route.path_format is None:
+            continue
+        for method in route.methods or ():
+            operation = document["paths"][route.path_format].get(method.lower())
+            if operation is None:
+                continue
+            for status, response in route.responses.items():
+                for media_type, media in response.get("content", {}).items():
+                    documented = operation["responses"][str(status)]["content"][media_type]
+                    for key in ("example", "examples"):
+                        if key in media:
+                            documented[key] = media[key]
+
+
+def install_openapi(app: FastAPI) -> None:
+    generate = app.openapi
+    completed: dict[str, Any] | None = None
+
+    def openapi() -> dict[str, Any]:
+        nonlocal completed
+        # FastAPI regenerates the document when routes change (a mount in the lifespan).
+        document = generate()
+        if document is not completed:
+            _add_problem_schema(document)
+            _restore_response_examples(app, document)
+            completed = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
