@@ -255,6 +255,12 @@ class CallService:
     async def _record_failure(self, call_id: uuid.UUID, exc: ExotelError) -> Answer:
         async with self._sessions() as session, session.begin():
             call = await self.lock(session, call_id)
+            if isinstance(exc, ExotelOutcomeUnknown) and call.sid is not None:
+                # The answer was lost, but a callback naming this call got here first:
+                # the call exists and its state is already the callback's.
+                answer = Answer(201, self.resource(call), {"Location": call_location(call)})
+                call.response_status, call.response_body = answer.status, answer.body
+                return answer
             call.error_status = exc.status
             call.error_code = None if exc.code is None else str(exc.code)
             call.error_message = exc.message
