@@ -25,15 +25,10 @@ from app.exotel.callbacks import (
     UnsupportedContentType,
     parse_callback,
 )
-
-# Exotel's callbacks are a few hundred bytes; anything near this is not one of them.
-MAX_BODY_BYTES = 64 * 1024
+from app.metrics import CALLBACKS
+from app.middleware import MAX_BODY_BYTES
 
 router = APIRouter(prefix="/callbacks", tags=["callbacks"])
-
-
-def _too_large() -> Problem:
-    return Problem(413, "body-too-large", f"A callback body may not exceed {MAX_BODY_BYTES} bytes")
 
 
 def _authenticate(request: Request, token: str | None) -> uuid.UUID:
@@ -46,19 +41,6 @@ def _authenticate(request: Request, token: str | None) -> uuid.UUID:
     return call_id
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, refused with 413 before more than MAX_BODY_BYTES of it is held."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
-    body = bytearray()
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > MAX_BODY_BYTES:
-            raise _too_large()
-        body += chunk
-    return bytes(body)
-
-
 async def received_callback(
     request: Request,
     token: Annotated[
@@ -66,9 +48,18 @@ async def received_callback(
         Query(description="The per-call token Callbridge put in the StatusCallback URL"),
     ] = None,
 ) -> ReceivedCallback:
+    try:
+        return await _received_callback(request, token)
+    except Problem as problem:
+        CALLBACKS.labels(problem.slug).inc()
+        raise
+
+
+async def _received_callback(request: Request, token: str | None) -> ReceivedCallback:
     received_at = datetime.now(UTC)
     call_id = _authenticate(request, token)
-    body = await _read_body(request)
+    # BodySizeLimitMiddleware has already capped the body while it streamed in.
+    body = await request.body()
     content_type = request.headers.get("content-type")
     try:
         callback = await parse_callback(body, content_type)
@@ -118,7 +109,12 @@ async def received_callback(
             "The token names no stored call",
             Problem(404, "call-not-found", "The token names no stored call"),
         ),
-        413: problem_response(f"The body is larger than {MAX_BODY_BYTES} bytes", _too_large()),
+        413: problem_response(
+            f"The body is larger than {MAX_BODY_BYTES} bytes",
+            Problem(
+                413, "body-too-large", f"The request body may not exceed {MAX_BODY_BYTES} bytes"
+            ),
+        ),
         415: problem_response(
             "The Content-Type is not one Exotel uses",
             Problem(
@@ -138,5 +134,10 @@ async def received_callback(
 async def exotel_callback(
     received: Annotated[ReceivedCallback, Depends(received_callback)], request: Request
 ) -> CallbackAccepted:
-    await CallbackService(request.app.state.sessions).record(received)
+    try:
+        changed = await CallbackService(request.app.state.sessions).record(received)
+    except Problem as problem:
+        CALLBACKS.labels(problem.slug).inc()
+        raise
+    CALLBACKS.labels("applied" if changed else "unchanged").inc()
     return CallbackAccepted()

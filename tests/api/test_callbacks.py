@@ -16,8 +16,8 @@ import pytest
 import respx
 from fastapi import FastAPI
 
-from app.callbacks.router import MAX_BODY_BYTES
 from app.calls.tokens import CallbackTokens
+from app.middleware import MAX_BODY_BYTES
 from tests.exotel_callbacks import (
     JSON_SAMPLE,
     SAMPLE_SID,
@@ -528,3 +528,25 @@ async def test_the_callback_route_is_documented(client: httpx.AsyncClient) -> No
     }
     assert {"200", "400", "401", "403", "413", "415", "422"} <= set(operation["responses"])
     assert [parameter["name"] for parameter in operation["parameters"]] == ["token"]
+
+
+async def test_callback_outcomes_are_counted_in_metrics(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+) -> None:
+    async def counted(outcome: str) -> float:
+        metrics = (await client.get("/metrics")).text
+        prefix = f'callbridge_callbacks_total{{outcome="{outcome}"}} '
+        lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
+        return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+    _, url = await place_call(client, exotel)
+    before = {name: await counted(name) for name in ("applied", "unchanged")}
+    before_forged = await counted("callback-token-invalid")
+
+    await exotel_side.post(url, json=callback())
+    await exotel_side.post(url, json=callback())
+    await exotel_side.post(with_token(url, "not-a-token"), json=callback())
+
+    assert await counted("applied") == before["applied"] + 1
+    assert await counted("unchanged") == before["unchanged"] + 1
+    assert await counted("callback-token-invalid") == before_forged + 1
