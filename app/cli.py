@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import uvicorn
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     simulate.add_argument("--port", type=int, default=9911)
     simulate.add_argument("--speed", type=float, default=10.0)
 
+    commands.add_parser(
+        "worker", help="run the background jobs (reconciliation, notify relay) without the API"
+    )
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         uvicorn.run(
@@ -45,3 +50,12 @@ def main(argv: list[str] | None = None) -> None:
         from app.exotel.simulator import serve_simulator
 
         serve_simulator(host=args.host, port=args.port, speed=args.speed)
+    elif args.command == "worker":
+        from app.config import get_settings
+        from app.jobs.worker import run_worker
+
+        asyncio.run(run_worker(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +16,10 @@ EXOTEL_REGION_HOSTS = {"singapore": "https://api.exotel.com", "mumbai": "https:/
 EXOTEL_CREDENTIALS = ("EXOTEL_ACCOUNT_SID", "EXOTEL_API_KEY", "EXOTEL_API_TOKEN")
 
 Role = Literal["write", "read"]
+
+
+def _random_token() -> str:
+    return secrets.token_urlsafe(32)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ class Settings(BaseSettings):
 
     reconcile_after_s: int = Field(900, ge=1)
     reconcile_interval_s: float = Field(60, gt=0)
+    reconcile_unknown_grace_s: float = Field(600, gt=0)
+    reconcile_give_up_s: float = Field(86400, gt=0)
+    notify_poll_interval_s: float = Field(0.5, gt=0)
+    notify_timeout_s: float = Field(10.0, gt=0)
+    notify_first_retry_s: float = Field(5.0, gt=0)
+    notify_give_up_s: float = Field(86400, gt=0)
     run_jobs: bool = True
 
     calls_per_minute_per_client: int = Field(600, ge=1)
@@ -121,12 +132,12 @@ class Settings(BaseSettings):
             clients[name] = (ApiClient(name=name, role=role), secret)  # type: ignore[arg-type]
         return clients
 
-    def dev_secret(self, name: str) -> str:
-        """A secret generated once and kept in the data directory (simulator mode only)."""
+    def dev_secret(self, name: str, generate: Callable[[], str] = _random_token) -> str:
+        """A secret generated once and kept in the data directory, for one left unconfigured."""
         path = self.callbridge_data_dir / "secrets" / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
+            path.write_text(generate())
             path.chmod(0o600)
         return path.read_text().strip()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 
 import structlog
 from aiolimiter import AsyncLimiter
@@ -25,6 +26,7 @@ from app.db import (
 )
 from app.errors import install_error_handlers
 from app.exotel.client import ExotelClient, build_http_client
+from app.jobs.runner import running_jobs
 from app.logs import configure_logging
 from app.middleware import MAX_BODY_BYTES, BodySizeLimitMiddleware, RequestLogMiddleware
 from app.openapi import install_openapi
@@ -125,14 +127,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ops = OpsService(sessions)
         app.state.call_limiter = RateLimiter(settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
+        exotel = _exotel_client(app, settings, stack)
         app.state.calls = CallService(
             sessions,
-            _exotel_client(app, settings, stack),
+            exotel,
             app.state.tokens,
             public_base_url=settings.public_base_url,
             default_caller_id=settings.exotel_caller_id,
             default_country=settings.default_country,
+            reconcile_after=timedelta(seconds=settings.reconcile_after_s),
         )
+        if settings.run_jobs:
+            await stack.enter_async_context(running_jobs(settings, sessions, exotel))
         log.info("callbridge_started", live=settings.live)
         yield
 

@@ -57,6 +57,11 @@ RECONCILE_BACKLOG = Gauge(
     "callbridge_reconcile_backlog",
     "Calls due to be looked up at Exotel by the reconciler.",
 )
+RECONCILE_OUTCOMES = Counter(
+    "callbridge_reconcile_outcomes_total",
+    "Reconciler looks at a call, by outcome (ambiguous: more than one Exotel call could be it).",
+    ["outcome"],
+)
 
 RATE_LIMITED = Counter(
     "callbridge_rate_limited_total",

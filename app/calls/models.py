@@ -88,6 +88,8 @@ class Call(Base):
     legs: Mapped[list[Leg]] = relationship(
         back_populates="call", order_by="Leg.leg", lazy="selectin", cascade="all, delete-orphan"
     )
+    # Written only by INSERT ... ON CONFLICT (see CallService.apply), hence view-only.
+    notification: Mapped[Notification | None] = relationship(lazy="selectin", viewonly=True)
 
     __table_args__ = (
         Index(

@@ -77,6 +77,16 @@ class ExotelErrorOut(BaseModel):
     message: str | None
 
 
+class NotifyOut(BaseModel):
+    """How the `call.finished` notification to the call's notify_url is going."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    status: Literal["pending", "delivered", "dead"]
+    attempts: int
+    last_error: str | None
+
+
 class CallOut(BaseModel):
     """The call resource."""
 
@@ -101,6 +111,9 @@ class CallOut(BaseModel):
     answered_by: str | None
     legs: list[LegOut]
     error: ExotelErrorOut | None
+    notify: NotifyOut | None = Field(
+        description="Delivery to notify_url once the call has finished; null before, or without one"
+    )
 
     @classmethod
     def from_call(cls, call: Call) -> CallOut:
@@ -137,6 +150,9 @@ class CallOut(BaseModel):
                 for leg in call.legs
             ],
             error=error,
+            notify=None
+            if call.notification is None
+            else NotifyOut.model_validate(call.notification),
         )
 
 

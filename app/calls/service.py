@@ -22,11 +22,12 @@ from typing import Any
 import phonenumbers
 import structlog
 from sqlalchemy import Select, select, tuple_
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.calls.apply import Applied, apply_update
-from app.calls.models import Call, CallEvent, Leg
+from app.calls.apply import Applied, apply_update, is_terminal
+from app.calls.models import Call, CallEvent, Leg, Notification
 from app.calls.schemas import CallCreate, CallOut
 from app.calls.tokens import CallbackTokens
 from app.config import ApiClient
@@ -47,6 +48,9 @@ log = structlog.get_logger(__name__)
 
 # How long an unanswered connect request stays `unknown` before the reconciler looks.
 UNKNOWN_GRACE = timedelta(seconds=30)
+# A connect request takes at most EXOTEL_TIMEOUT_S, so a call still `pending` this long
+# after its row was committed was left by a process that died while asking Exotel.
+STALE_PENDING = timedelta(minutes=2)
 EXOTEL_VALUES = {"callee": "Callee", "both": "Both", "leg1_connect": "Leg1Connect"} | {
     "leg2_connect": "Leg2Connect"
 }
@@ -118,6 +122,7 @@ class CallService:
         public_base_url: str,
         default_caller_id: str | None,
         default_country: str,
+        reconcile_after: timedelta,
     ) -> None:
         self._sessions = sessions
         self._exotel = exotel
@@ -125,6 +130,7 @@ class CallService:
         self._public_base_url = public_base_url
         self._default_caller_id = default_caller_id
         self._default_country = default_country
+        self._reconcile_after = reconcile_after
 
     # -- placing -------------------------------------------------------------------
 
@@ -190,6 +196,7 @@ class CallService:
             idempotency_key=key,
             request_fingerprint=fingerprint,
             legs=[Leg(leg=0, number=numbers["from"]), Leg(leg=1, number=numbers["to"])],
+            next_reconcile_at=datetime.now(UTC) + STALE_PENDING,
             **options,
         )
 
@@ -247,6 +254,8 @@ class CallService:
         async with self._sessions() as session, session.begin():
             stored = await self.lock(session, call.id)
             await self.apply(session, stored, exotel_call.to_update())
+            if not is_terminal(stored.status):
+                stored.next_reconcile_at = stored.created_at + self._reconcile_after
             answer = Answer(201, self.resource(stored), {"Location": call_location(stored)})
             stored.response_status, stored.response_body = answer.status, answer.body
         log.info("call_placed", call_id=str(call.id), sid=exotel_call.sid, status=stored.status)
@@ -270,6 +279,7 @@ class CallService:
                 log.warning("call_outcome_unknown", call_id=str(call.id), reason=exc.message)
                 return self._unknown_answer(call)
             call.status = "failed"
+            call.next_reconcile_at = None
             answer = self._failure_answer(call, exc)
             if isinstance(exc, ExotelRefused):
                 # A refusal is final: replay it. Anything else may succeed if retried
@@ -324,11 +334,23 @@ class CallService:
 
     @staticmethod
     async def apply(session: AsyncSession, call: Call, update: CallUpdate) -> Applied:
-        """Apply what Exotel said to a locked call, within the caller's transaction."""
+        """Apply what Exotel said to a locked call, within the caller's transaction.
+
+        A call that finishes here gets its one `call.finished` notification in the same
+        transaction (the outbox the relay delivers from), and needs no reconciling.
+        """
         applied = apply_update(call, update)
+        if applied.became_terminal:
+            call.next_reconcile_at = None
         if applied.changed:
             record_status_change(applied.previous_status, applied.status)
             await session.flush()
+            if applied.became_terminal and call.notify_url is not None:
+                await session.execute(
+                    insert(Notification)
+                    .values(id=f"msg_{uuid.uuid4().hex}", call_id=call.id, url=call.notify_url)
+                    .on_conflict_do_nothing(index_elements=[Notification.call_id])
+                )
             await session.refresh(call)
         return applied
 

@@ -135,6 +135,14 @@ def exotel_time(value: datetime) -> str:
     return value.astimezone(EXOTEL_TIMEZONE).strftime("%Y-%m-%d %H:%M:%S")
 
 
+@dataclass(frozen=True)
+class CallDetails:
+    """A call-details answer: the call, and Exotel's bytes as received for the event log."""
+
+    call: ExotelCall
+    raw: bytes
+
+
 class ExotelClient:
     def __init__(self, http: httpx.AsyncClient, *, account_sid: str, limiter: AsyncLimiter):
         self._http = http
@@ -150,7 +158,7 @@ class ExotelClient:
             # Exotel said 2xx, so a call probably exists, but we cannot tell its Sid.
             raise ExotelOutcomeUnknown("Exotel's answer could not be read") from exc
 
-    async def call_details(self, sid: str) -> ExotelCall | None:
+    async def call_details(self, sid: str) -> CallDetails | None:
         """The call as Exotel knows it now, with leg details; None if Exotel has no such call."""
         try:
             response = await self._send(
@@ -160,7 +168,7 @@ class ExotelClient:
             if exc.status == 404:
                 return None
             raise
-        return self._parse(ExotelCallEnvelope, response).call
+        return CallDetails(self._parse(ExotelCallEnvelope, response).call, response.content)
 
     async def find_calls(
         self, *, to_number: str, created_after: datetime, created_before: datetime

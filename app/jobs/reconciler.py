@@ -1,0 +1,375 @@
+"""Reconciliation: settles the calls that Exotel's callbacks and answers left open.
+
+A call is due when its `next_reconcile_at` has passed; CallService sets it when it
+stores the call:
+- placed, not finished: RECONCILE_AFTER_S after creation. The call is then read with
+  Exotel's call-details API, by Sid.
+- `unknown` (the connect answer was lost): 30 s after the attempt; `pending` (the
+  process died while asking Exotel): 2 minutes after creation. Such a call has no
+  Sid, so it is searched for with the bulk call-details API, by its numbers and
+  creation time. Exactly one match that no other call owns is attached and applied,
+  unless another unsettled call between the same numbers could be its owner; several
+  candidates leave the call as it is (a wrong Sid is worse than none), logged and
+  counted; none, once RECONCILE_UNKNOWN_GRACE_S have passed since the attempt, fail
+  the call, and its Idempotency-Key is released so that a retry may place it.
+
+What Exotel answers is stored as a `reconcile` event and applied through
+CallService.apply, under the same rules as callbacks. A look that does not settle
+the call schedules the next one RECONCILE_INTERVAL_S * 2**(looks - 1) later, at most
+an hour; after RECONCILE_GIVE_UP_S from creation the call is left as it is, and
+logged. Reconciliation never places a call, and a backlog of due calls takes about a
+third of the Exotel rate limit it shares with placing calls.
+
+Replicas share the work: a call is claimed with FOR UPDATE SKIP LOCKED and its
+`next_reconcile_at` moved past the look (a lease), so no other process looks at it
+meanwhile; if the process dies, the lease ends and the look is done again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.calls.apply import Applied, is_terminal
+from app.calls.models import Call, CallEvent
+from app.calls.service import CallService, mask_number, to_e164
+from app.config import Settings
+from app.exotel.client import CallDetails, ExotelClient, ExotelError, exotel_time
+from app.exotel.schemas import CallUpdate, ExotelCall
+from app.metrics import RECONCILE_OUTCOMES
+
+log = structlog.get_logger(__name__)
+
+# Longer than one look takes (an Exotel request or two, bounded by EXOTEL_TIMEOUT_S).
+CLAIM_LEASE = timedelta(minutes=5)
+MAX_BACKOFF_S = 3600.0
+# Looks share the Exotel rate limit with calls being placed: a backlog of due calls may
+# use about this share of it, the rest staying for placing calls.
+RATE_LIMIT_SHARE = 1 / 3
+# Exotel's clock against ours, and how late after our row the connect request may have
+# left (the rate limiter may have held it): the bulk search window around creation.
+CLOCK_SKEW = timedelta(minutes=2)
+SEARCH_SPAN = timedelta(minutes=10)
+UNRESOLVED = ("unknown", "pending")
+NOT_PLACED = (
+    "Exotel has no call from and to these numbers created when this one was requested: "
+    "the connect request did not place it (found by reconciliation)"
+)
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A claimed call, as it was when claimed; `look` counts this look too."""
+
+    id: uuid.UUID
+    sid: str | None
+    status: str
+    from_number: str
+    to_number: str
+    created_at: datetime
+    look: int
+
+
+class Reconciler:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        exotel: ExotelClient,
+        settings: Settings,
+    ) -> None:
+        self._sessions = sessions
+        self._exotel = exotel
+        self._interval_s = settings.reconcile_interval_s
+        self._after = timedelta(seconds=settings.reconcile_after_s)
+        self._unknown_grace = timedelta(seconds=settings.reconcile_unknown_grace_s)
+        self._give_up = timedelta(seconds=settings.reconcile_give_up_s)
+        self._country = settings.default_country
+        per_run = settings.exotel_requests_per_minute * RATE_LIMIT_SHARE
+        self._looks_per_run = max(1, int(per_run * settings.reconcile_interval_s / 60))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Every RECONCILE_INTERVAL_S, look at the due calls, until `stopping` is set."""
+        while not stopping.is_set():
+            try:
+                await self.run_once(stopping)
+            except Exception:
+                log.exception("reconcile_run_failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await stopping.wait()
+
+    async def run_once(self, stopping: asyncio.Event | None = None) -> int:
+        """Look at the calls that are due, one at a time; return how many were looked at."""
+        looks = 0
+        while looks < self._looks_per_run and not (stopping is not None and stopping.is_set()):
+            due = await self._claim()
+            if due is None:
+                break
+            looks += 1
+            try:
+                outcome = await self._look(due)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._release(due))
+                raise
+            except Exception:
+                # The lease stands: the call is looked at again when it ends.
+                log.exception("reconcile_look_failed", call_id=str(due.id))
+                outcome = "error"
+            RECONCILE_OUTCOMES.labels(outcome).inc()
+        return looks
+
+    async def _claim(self) -> _Due | None:
+        async with self._sessions() as session, session.begin():
+            query = (
+                select(
+                    Call.id,
+                    Call.sid,
+                    Call.status,
+                    Call.from_number,
+                    Call.to_number,
+                    Call.created_at,
+                    Call.reconcile_attempts,
+                )
+                .where(Call.next_reconcile_at <= func.now())
+                .order_by(Call.next_reconcile_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            row = (await session.execute(query)).one_or_none()
+            if row is None:
+                return None
+            due = _Due(
+                id=row.id,
+                sid=row.sid,
+                status=row.status,
+                from_number=row.from_number,
+                to_number=row.to_number,
+                created_at=row.created_at,
+                look=row.reconcile_attempts + 1,
+            )
+            await session.execute(
+                update(Call)
+                .where(Call.id == due.id)
+                .values(
+                    next_reconcile_at=func.now() + CLAIM_LEASE,
+                    reconcile_attempts=due.look,
+                    updated_at=Call.updated_at,
+                )
+            )
+        return due
+
+    async def _release(self, due: _Due) -> None:
+        """Undo the claim of a look that was interrupted (the process is stopping)."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Call)
+                .where(Call.id == due.id, Call.reconcile_attempts == due.look)
+                .values(
+                    next_reconcile_at=func.now(),
+                    reconcile_attempts=due.look - 1,
+                    updated_at=Call.updated_at,
+                )
+            )
+
+    async def _look(self, due: _Due) -> str:
+        if is_terminal(due.status):
+            async with self._sessions() as session, session.begin():
+                await _schedule(session, due.id, None)
+            return "final"
+        try:
+            if due.sid is not None:
+                return await self._by_sid(due, due.sid)
+            return await self._by_numbers(due)
+        except ExotelError as exc:
+            log.warning(
+                "reconcile_exotel_failed",
+                call_id=str(due.id),
+                exotel_status=exc.status,
+                reason=exc.message,
+            )
+            await self._reschedule(due)
+            return "exotel_error"
+
+    async def _by_sid(self, due: _Due, sid: str) -> str:
+        details = await self._exotel.call_details(sid)
+        if details is None:
+            log.warning("reconcile_sid_unknown_to_exotel", call_id=str(due.id), sid=sid)
+            await self._reschedule(due)
+            return "sid_not_found"
+        async with self._sessions() as session, session.begin():
+            call = await CallService.lock(session, due.id)
+            applied = await _apply(session, call, details)
+            await self._schedule_next(session, due, call)
+        return _outcome(applied)
+
+    async def _by_numbers(self, due: _Due) -> str:
+        listed = await self._exotel.find_calls(
+            to_number=due.to_number,
+            created_after=due.created_at - CLOCK_SKEW,
+            created_before=due.created_at + SEARCH_SPAN,
+        )
+        matches = [
+            found
+            for found in listed
+            if self._same_number(found.to, due.to_number)
+            and self._same_number(found.from_, due.from_number)
+        ]
+        async with self._sessions() as session:
+            unclaimed = await _unclaimed(session, matches)
+            rivals = await self._rivals(session, due)
+        if len(unclaimed) == 1 and rivals == 0:
+            return await self._attach(due, unclaimed[0].sid)
+        if unclaimed:
+            log.warning(
+                "reconcile_ambiguous",
+                call_id=str(due.id),
+                to_number=mask_number(due.to_number),
+                exotel_calls=len(unclaimed),
+                other_unknown_calls=rivals,
+            )
+            await self._reschedule(due)
+            return "ambiguous"
+        if datetime.now(UTC) < due.created_at + self._unknown_grace:
+            await self._reschedule(due)
+            return "not_found_yet"
+        return await self._fail_not_placed(due, listed)
+
+    async def _rivals(self, session: AsyncSession, due: _Due) -> int:
+        """Other unsettled calls between the same numbers: any one of them may own a match."""
+        query = select(func.count()).where(
+            Call.id != due.id,
+            Call.to_number == due.to_number,
+            Call.created_at.between(due.created_at - SEARCH_SPAN, due.created_at + SEARCH_SPAN),
+            Call.from_number == due.from_number,
+            Call.sid.is_(None),
+            Call.status.in_(UNRESOLVED),
+        )
+        return await session.scalar(query) or 0
+
+    async def _attach(self, due: _Due, sid: str) -> str:
+        details = await self._exotel.call_details(sid)
+        if details is None:
+            await self._reschedule(due)
+            return "sid_not_found"
+        try:
+            async with self._sessions() as session, session.begin():
+                call = await CallService.lock(session, due.id)
+                if call.sid is not None:
+                    # A callback or the connect answer named the Sid meanwhile.
+                    await self._schedule_next(session, due, call)
+                    return "settled_meanwhile"
+                applied = await _apply(session, call, details)
+                await self._schedule_next(session, due, call, not_before=call.created_at)
+        except IntegrityError:
+            log.warning("reconcile_sid_taken", call_id=str(due.id), sid=sid)
+            await self._reschedule(due)
+            return "ambiguous"
+        log.info("reconcile_sid_found", call_id=str(due.id), sid=sid, status=applied.status)
+        return "sid_found"
+
+    async def _fail_not_placed(self, due: _Due, listed: list[ExotelCall]) -> str:
+        async with self._sessions() as session, session.begin():
+            call = await CallService.lock(session, due.id)
+            if call.sid is not None or call.status not in UNRESOLVED:
+                await self._schedule_next(session, due, call)
+                return "settled_meanwhile"
+            window = (
+                f"gte:{exotel_time(due.created_at - CLOCK_SKEW)};"
+                f"lte:{exotel_time(due.created_at + SEARCH_SPAN)}"
+            )
+            # Our conclusion rather than an Exotel message: what was searched and seen.
+            record = {"To": due.to_number, "DateCreated": window, "Listed": [c.sid for c in listed]}
+            event = _event(call.id, None, "not_found", "failed", json.dumps(record).encode())
+            session.add(event)
+            call.error_status = call.error_code = None
+            call.error_message = NOT_PLACED
+            applied = await CallService.apply(session, call, CallUpdate(status="failed"))
+            event.applied = applied.changed
+            # Like any failure a retry may cure (see CallService), the key is released.
+            call.idempotency_key = None
+        log.warning("reconcile_not_placed", call_id=str(due.id))
+        return "not_placed"
+
+    def _same_number(self, exotel_number: str | None, ours: str) -> bool:
+        return exotel_number is not None and to_e164(exotel_number, self._country) == ours
+
+    async def _reschedule(self, due: _Due) -> None:
+        async with self._sessions() as session, session.begin():
+            await _schedule(session, due.id, self._next_look(due))
+
+    async def _schedule_next(
+        self, session: AsyncSession, due: _Due, call: Call, *, not_before: datetime | None = None
+    ) -> None:
+        next_look = None
+        if not is_terminal(call.status):
+            next_look = self._next_look(due)
+            if next_look is not None and not_before is not None:
+                # A call just found gets the callback's head start any placed call gets.
+                next_look = max(next_look, not_before + self._after)
+        await _schedule(session, due.id, next_look)
+
+    def _next_look(self, due: _Due) -> datetime | None:
+        now = datetime.now(UTC)
+        if now >= due.created_at + self._give_up:
+            log.warning("reconcile_gave_up", call_id=str(due.id), status=due.status, looks=due.look)
+            RECONCILE_OUTCOMES.labels("gave_up").inc()
+            return None
+        delay_s = min(self._interval_s * 2 ** min(due.look - 1, 32), MAX_BACKOFF_S)
+        return now + timedelta(seconds=delay_s)
+
+
+async def _schedule(session: AsyncSession, call_id: uuid.UUID, at: datetime | None) -> None:
+    # Bookkeeping, not news about the call: `updated_at` keeps its value.
+    await session.execute(
+        update(Call)
+        .where(Call.id == call_id)
+        .values(next_reconcile_at=at, updated_at=Call.updated_at)
+    )
+
+
+async def _unclaimed(session: AsyncSession, matches: list[ExotelCall]) -> list[ExotelCall]:
+    if not matches:
+        return []
+    sids = [match.sid for match in matches]
+    claimed = set((await session.scalars(select(Call.sid).where(Call.sid.in_(sids)))).all())
+    return [match for match in matches if match.sid not in claimed]
+
+
+async def _apply(session: AsyncSession, call: Call, details: CallDetails) -> Applied:
+    """Store Exotel's answer as an event, then apply it; the event says if it changed the call."""
+    event = _event(call.id, details.call.sid, "call_details", details.call.status, details.raw)
+    session.add(event)
+    await session.flush()
+    applied = await CallService.apply(session, call, details.call.to_update())
+    event.applied = applied.changed
+    return applied
+
+
+def _event(
+    call_id: uuid.UUID, sid: str | None, event_type: str, status: str | None, raw_body: bytes
+) -> CallEvent:
+    return CallEvent(
+        call_id=call_id,
+        call_sid=sid,
+        source="reconcile",
+        event_type=event_type,
+        status=status,
+        content_type="application/json",
+        raw_body=raw_body,
+        applied=False,
+    )
+
+
+def _outcome(applied: Applied) -> str:
+    if applied.became_terminal:
+        return "finished"
+    return "updated" if applied.changed else "unchanged"

@@ -1,0 +1,219 @@
+"""The relay: tells each finished call's notify_url, signed the Standard Webhooks way.
+
+CallService.apply writes one `notifications` row (the outbox) in the transaction that
+finishes a call with a notify_url. The relay polls for due rows every
+NOTIFY_POLL_INTERVAL_S and POSTs `{"type": "call.finished", "timestamp", "data"}`,
+`data` being the call resource as it is at delivery, with the `webhook-id` (the row's
+id, the same on every attempt), `webhook-timestamp` and `webhook-signature` headers.
+
+Replicas share the outbox: rows are claimed with FOR UPDATE SKIP LOCKED, and a claim
+moves `next_attempt_at` past the attempt's time limit (a lease) and counts the attempt,
+which fences the outcome: only the claimer records it. A process that dies mid-attempt
+leaves the row to be tried again when the lease ends, so delivery is at least once.
+
+After failed attempt n (non-2xx, timeout, no connection), the next waits a random time
+between half and all of NOTIFY_FIRST_RETRY_S * 2**(n-1), capped at an hour; the first
+failure NOTIFY_GIVE_UP_S or more after the call finished marks the notification `dead`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import structlog
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from standardwebhooks import Webhook
+
+from app.calls.models import Call, Notification
+from app.calls.service import CallService
+from app.config import Settings
+from app.metrics import RELAY_FAILURES
+
+log = structlog.get_logger(__name__)
+
+EVENT_TYPE = "call.finished"
+BATCH = 50
+MAX_BACKOFF_S = 3600.0
+# Time to record an attempt's outcome after its POST has timed out.
+LEASE_MARGIN = timedelta(seconds=30)
+# After an error of our own (the database is away, say), before polling again.
+ERROR_PAUSE_S = 5.0
+
+# Retry spacing only has to be spread out, not unpredictable.
+_jitter = random.Random()  # noqa: S311
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: str
+    call_id: uuid.UUID
+    url: str
+    attempt: int
+    finished_at: datetime
+    body: str
+
+
+class Relay:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        http: httpx.AsyncClient,
+        secret: str,
+        settings: Settings,
+    ) -> None:
+        self._sessions = sessions
+        self._http = http
+        self._webhook = Webhook(secret)
+        self._poll_interval_s = settings.notify_poll_interval_s
+        self._timeout_s = settings.notify_timeout_s
+        self._first_retry_s = settings.notify_first_retry_s
+        self._give_up = timedelta(seconds=settings.notify_give_up_s)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Deliver what is due, then poll again, until `stopping` is set."""
+        while not stopping.is_set():
+            pause_s = self._poll_interval_s
+            try:
+                if await self.deliver_due() == BATCH:
+                    continue
+            except Exception:
+                log.exception("relay_run_failed")
+                pause_s = max(pause_s, ERROR_PAUSE_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause_s):
+                    await stopping.wait()
+
+    async def deliver_due(self) -> int:
+        """Claim up to BATCH due notifications and attempt them at once; return how many."""
+        claimed = await self._claim()
+        await asyncio.gather(*(self._attempt(item) for item in claimed))
+        return len(claimed)
+
+    async def _claim(self) -> list[_Claimed]:
+        async with self._sessions() as session, session.begin():
+            query = (
+                select(Notification)
+                .where(Notification.status == "pending", Notification.next_attempt_at <= func.now())
+                .order_by(Notification.next_attempt_at)
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            )
+            rows = (await session.scalars(query)).all()
+            if not rows:
+                return []
+            lease_end = datetime.now(UTC) + timedelta(seconds=self._timeout_s) + LEASE_MARGIN
+            for row in rows:
+                row.attempts += 1
+                row.next_attempt_at = lease_end
+            await session.flush()
+            calls = await session.scalars(
+                select(Call).where(Call.id.in_([r.call_id for r in rows]))
+            )
+            resources = {call.id: CallService.resource(call) for call in calls}
+        return [
+            _Claimed(
+                id=row.id,
+                call_id=row.call_id,
+                url=row.url,
+                attempt=row.attempts,
+                finished_at=row.created_at,
+                body=_body(row.created_at, resources[row.call_id]),
+            )
+            for row in rows
+        ]
+
+    async def _attempt(self, item: _Claimed) -> None:
+        try:
+            error = await self._post(item)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(item))
+            raise
+        await self._record(item, error)
+
+    async def _post(self, item: _Claimed) -> str | None:
+        """POST the notification once; None if the receiver took it, else why not."""
+        now = datetime.now(UTC)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": item.id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self._webhook.sign(item.id, now, item.body),
+        }
+        try:
+            # httpx's timeout bounds each read or write; this bounds the whole attempt.
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._http.post(item.url, content=item.body, headers=headers)
+        except TimeoutError:
+            return "Timed out"
+        except Exception as exc:
+            # Whatever failed, the attempt counts, so even a URL that can never work ends
+            # dead. Only the type is kept: the text may quote the URL and its secrets.
+            return type(exc).__name__
+        return None if response.is_success else f"HTTP {response.status_code}"
+
+    async def _record(self, item: _Claimed, error: str | None) -> None:
+        now = datetime.now(UTC)
+        context = {"call_id": str(item.call_id), "webhook_id": item.id, "attempt": item.attempt}
+        if error is None:
+            outcome = "delivered"
+            values: dict[str, object] = {"status": "delivered", "delivered_at": now}
+        elif now - item.finished_at >= self._give_up:
+            outcome = "dead"
+            values = {"status": "dead", "last_error": error}
+        else:
+            outcome = "retry"
+            retry_in_s = self._retry_in_s(item.attempt)
+            values = {"last_error": error, "next_attempt_at": now + timedelta(seconds=retry_in_s)}
+            context["retry_in_s"] = round(retry_in_s, 1)
+        async with self._sessions() as session, session.begin():
+            recorded = await session.scalar(
+                update(Notification)
+                .where(*_still_ours(item))
+                .values(**values)
+                .returning(Notification.id)
+            )
+        if error is not None:
+            RELAY_FAILURES.inc()
+        if recorded is None:
+            # Our lease ran out and another process took the notification over.
+            log.warning("notification_outcome_dropped", outcome=outcome, **context)
+        elif outcome == "delivered":
+            log.info("notification_delivered", **context)
+        elif outcome == "dead":
+            log.error("notification_dead", error=error, **context)
+        else:
+            log.warning("notification_failed", error=error, **context)
+
+    async def _release(self, item: _Claimed) -> None:
+        """Hand an interrupted attempt back, to be made again at once by any process."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Notification)
+                .where(*_still_ours(item))
+                .values(next_attempt_at=func.now(), attempts=item.attempt - 1)
+            )
+
+    def _retry_in_s(self, attempt: int) -> float:
+        ceiling = min(self._first_retry_s * 2 ** min(attempt - 1, 32), MAX_BACKOFF_S)
+        return _jitter.uniform(ceiling / 2, ceiling)
+
+
+def _still_ours(item: _Claimed) -> tuple[ColumnElement[bool], ...]:
+    return (
+        Notification.id == item.id,
+        Notification.attempts == item.attempt,
+        Notification.status == "pending",
+    )
+
+
+def _body(finished_at: datetime, resource: dict[str, object]) -> str:
+    timestamp = finished_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps({"type": EVENT_TYPE, "timestamp": timestamp, "data": resource})
