@@ -223,6 +223,10 @@ class CallService:
                 "A request with this Idempotency-Key is still being processed; retry shortly",
                 headers={"Retry-After": "1"},
             )
+        return self._current_answer(call)
+
+    def _current_answer(self, call: Call) -> Answer:
+        """The answer for a call whose request got no answer of its own from Exotel."""
         if call.sid is not None:
             return Answer(201, self.resource(call), {"Location": call_location(call)})
         return self._unknown_answer(call)
@@ -264,12 +268,10 @@ class CallService:
     async def _record_failure(self, call_id: uuid.UUID, exc: ExotelError) -> Answer:
         async with self._sessions() as session, session.begin():
             call = await self.lock(session, call_id)
-            if isinstance(exc, ExotelOutcomeUnknown) and call.sid is not None:
-                # The answer was lost, but a callback naming this call got here first:
-                # the call exists and its state is already the callback's.
-                answer = Answer(201, self.resource(call), {"Location": call_location(call)})
-                call.response_status, call.response_body = answer.status, answer.body
-                return answer
+            if call.status != "pending" or call.sid is not None:
+                # Settled while we waited: a callback naming this call got here first, or
+                # the reconciler stopped waiting for us. What they found stands.
+                return self._current_answer(call)
             call.error_status = exc.status
             call.error_code = None if exc.code is None else str(exc.code)
             call.error_message = exc.message

@@ -348,3 +348,24 @@ async def test_missing_or_wrong_key_is_401(
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_late_failure_never_overwrites_what_was_settled_meanwhile(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, database_url: str
+) -> None:
+    import psycopg
+
+    def reconciler_settles_then_exotel_times_out(request: httpx.Request) -> httpx.Response:
+        # While the connect request waits, the reconciler concludes the call never existed.
+        with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+            conn.execute("UPDATE calls SET status = 'failed' WHERE status = 'pending'")
+        raise httpx.ReadTimeout("no answer")
+
+    exotel.post("/connect.json").mock(side_effect=reconciler_settles_then_exotel_times_out)
+
+    response = await client.post("/calls", json=VALID)
+
+    assert response.status_code == 504
+    stored = (await stored_calls(client))[0]
+    assert stored["status"] == "failed"
+    assert stored["error"] is None
