@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     run_jobs: bool = True
 
     calls_per_minute_per_client: int = Field(600, ge=1)
-    log_format: Literal["json", "console"] = "json"
+    # Unset: JSON lines in live mode, a readable console format in simulator mode.
+    log_format: Literal["json", "console"] | None = None
     log_level: str = "INFO"
 
     @field_validator("database_url")
@@ -113,6 +114,10 @@ class Settings(BaseSettings):
     def live(self) -> bool:
         """True when real Exotel credentials are configured; otherwise calls are simulated."""
         return bool(self.exotel_account_sid)
+
+    @property
+    def json_logs(self) -> bool:
+        return (self.log_format or ("json" if self.live else "console")) == "json"
 
     @property
     def exotel_host(self) -> str:

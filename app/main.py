@@ -105,7 +105,7 @@ def _secrets(settings: Settings) -> list[str]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings or get_settings()
     configure_logging(
-        json_format=settings.log_format == "json",
+        json_format=settings.json_logs,
         level=settings.log_level,
         secrets=_secrets(settings),
     )

@@ -80,3 +80,10 @@ def test_malformed_api_keys_are_refused(entry: str) -> None:
 def test_notify_secret_must_be_a_standard_webhooks_secret() -> None:
     with pytest.raises(ValidationError, match="whsec_"):
         settings(notify_secret="plain")
+
+
+def test_logs_are_json_when_live_and_readable_in_simulator_mode() -> None:
+    assert settings(**LIVE).json_logs
+    assert not settings().json_logs
+    assert settings(log_format="json").json_logs
+    assert not settings(**LIVE, log_format="console").json_logs
