@@ -8,10 +8,10 @@ processes, each keeps its own buckets, so divide the setting between them.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
+from collections import defaultdict
 from typing import Annotated
 
+from aiolimiter import AsyncLimiter
 from fastapi import Depends, Request
 
 from app.auth import Writer
@@ -21,23 +21,22 @@ from app.metrics import RATE_LIMITED
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute = per_minute
-        self._per_second = per_minute / 60
-        self._clock = clock
-        # client -> (tokens left, when they were counted)
-        self._buckets: dict[str, tuple[float, float]] = {}
+    """One aiolimiter leaky bucket per client, as for Exotel itself, but never waiting."""
 
-    def acquire(self, client: str) -> float:
-        """Take one token; 0 if there was one, else the seconds until there will be."""
-        now = self._clock()
-        tokens, counted_at = self._buckets.get(client, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - counted_at) * self._per_second)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self._per_second
-        self._buckets[client] = (tokens - 1, now)
-        return 0.0
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._buckets: defaultdict[str, AsyncLimiter] = defaultdict(
+            lambda: AsyncLimiter(per_minute, time_period=60)
+        )
+
+    async def try_acquire(self, client: str) -> int:
+        """Take a place for one call: 0 if there was one, else seconds to wait for one."""
+        bucket = self._buckets[client]
+        if not bucket.has_capacity():
+            # A full bucket frees a place every 60 / per_minute seconds at the latest.
+            return math.ceil(60 / self.per_minute)
+        await bucket.acquire()  # returns at once: there is capacity
+        return 0
 
 
 def rate_limited(per_minute: int, retry_after_s: int) -> Problem:
@@ -56,12 +55,12 @@ RATE_LIMITED_RESPONSE = problem_response(
 )
 
 
-def _within_limit(request: Request, client: Writer) -> ApiClient:
+async def _within_limit(request: Request, client: Writer) -> ApiClient:
     limiter: RateLimiter = request.app.state.call_limiter
-    wait_s = limiter.acquire(client.name)
+    wait_s = await limiter.try_acquire(client.name)
     if wait_s > 0:
         RATE_LIMITED.labels(client.name).inc()
-        raise rate_limited(limiter.per_minute, max(1, math.ceil(wait_s)))
+        raise rate_limited(limiter.per_minute, wait_s)
     return client
 
 
