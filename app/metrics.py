@@ -24,7 +24,8 @@ HTTP_REQUEST_DURATION = Histogram(
 
 EXOTEL_REQUESTS = Counter(
     "callbridge_exotel_requests_total",
-    "Requests to Exotel, by operation and outcome (ok, error, unreachable, no_answer).",
+    "Requests to Exotel, by operation and outcome (ok, error, unreachable, no_answer;"
+    " throttled: not sent, Callbridge's own limit was reached).",
     ["operation", "outcome"],
 )
 EXOTEL_REQUEST_DURATION = Histogram(

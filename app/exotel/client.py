@@ -7,6 +7,8 @@ Exotel (safe to say "not placed"), did Exotel refuse it, or is the outcome unkno
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +34,8 @@ ExotelModel = TypeVar("ExotelModel", ExotelCallEnvelope, ExotelCallList)
 
 DEFAULT_RETRY_AFTER_S = 30
 PAGE_SIZE = 100
+# How long a request may wait for a place under EXOTEL_REQUESTS_PER_MINUTE.
+MAX_QUEUE_S = 5.0
 
 
 class ExotelError(Exception):
@@ -144,8 +148,16 @@ class CallDetails:
 
 
 class ExotelClient:
-    def __init__(self, http: httpx.AsyncClient, *, account_sid: str, limiter: AsyncLimiter):
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        account_sid: str,
+        limiter: AsyncLimiter,
+        max_queue_s: float = MAX_QUEUE_S,
+    ):
         self._http = http
+        self._max_queue_s = max_queue_s
         self._calls_path = f"/v1/Accounts/{account_sid}/Calls"
         self._limiter = limiter
 
@@ -208,26 +220,40 @@ class ExotelClient:
         params: dict[str, str] | None = None,
     ) -> httpx.Response:
         url = path if path.startswith("/v1/") else self._calls_path + path
-        async with self._limiter:
-            started = time.perf_counter()
-            try:
-                response = await self._http.request(method, url, data=data, params=params)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                self._record(operation, "unreachable", started)
-                raise ExotelUnavailable(
-                    f"Exotel could not be reached: {type(exc).__name__}"
-                ) from exc
-            except httpx.TransportError as exc:
-                self._record(operation, "no_answer", started)
-                raise ExotelOutcomeUnknown(
-                    f"No answer from Exotel after sending: {type(exc).__name__}"
-                ) from exc
+        await self._wait_for_rate_limit(operation)
+        started = time.perf_counter()
+        try:
+            response = await self._http.request(method, url, data=data, params=params)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self._record(operation, "unreachable", started)
+            raise ExotelUnavailable(f"Exotel could not be reached: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            self._record(operation, "no_answer", started)
+            raise ExotelOutcomeUnknown(
+                f"No answer from Exotel after sending: {type(exc).__name__}"
+            ) from exc
         self._record(
             operation, "ok" if response.is_success else "error", started, response.status_code
         )
         if not response.is_success:
             raise self._error(response)
         return response
+
+    async def _wait_for_rate_limit(self, operation: str) -> None:
+        """Wait for a place under the outbound limit, but not for long.
+
+        A burst larger than the limit would otherwise queue here for minutes while its
+        callers wait; better to say at once that nothing was sent, and when to retry.
+        """
+        try:
+            async with asyncio.timeout(self._max_queue_s):
+                await self._limiter.acquire()
+        except TimeoutError:
+            self._record(operation, "throttled", time.perf_counter())
+            raise ExotelRateLimited(
+                "Callbridge's own limit of requests to Exotel is reached",
+                retry_after_s=math.ceil(60 / self._limiter.max_rate),
+            ) from None
 
     @staticmethod
     def _record(operation: str, outcome: str, started: float, status: int | None = None) -> None:
