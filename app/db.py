@@ -39,7 +39,11 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         hide_parameters=True,  # statement values hold phone numbers; errors get logged
         pool_timeout=5,
-        connect_args={"connect_timeout": 5},
+        # Bounded waits everywhere: a stuck lock or query becomes a 503, never a hang.
+        connect_args={
+            "connect_timeout": 5,
+            "options": "-c lock_timeout=5s -c statement_timeout=15s",
+        },
     )
 
 

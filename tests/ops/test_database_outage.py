@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
+import psycopg
 import pytest
+import respx
 from fastapi import FastAPI
 from sqlalchemy import make_url
 
 from app.db import DatabaseUnreachable
 from app.main import create_app
 from tests.conftest import READER_KEY, make_settings
+from tests.exotel_samples import connect_answer
 from tests.ops.conftest import PostgresProxy
 
 PROBLEM = "application/problem+json"
@@ -122,3 +126,27 @@ async def ready(app: FastAPI) -> bool:
         transport=httpx.ASGITransport(app=app), base_url="http://callbridge.test"
     ) as client:
         return (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_row_locked_elsewhere_answers_503_after_the_lock_timeout(
+    app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter, database_url: str
+) -> None:
+    exotel.post("/connect.json").respond(200, json=connect_answer("f" * 32))
+    placed = await client.post("/calls", json={"from": "+919876543210", "to": "09123456789"})
+    call_id = placed.json()["id"]
+    blocker = await psycopg.AsyncConnection.connect(database_url.replace("+psycopg", ""))
+    try:
+        await blocker.execute("SELECT 1 FROM calls WHERE id = %s FOR UPDATE", (call_id,))
+        token = app.state.tokens.for_call(uuid.UUID(call_id))
+        started = time.monotonic()
+        response = await client.post(
+            f"/callbacks/exotel?token={token}",
+            json={"CallSid": "f" * 32, "Status": "completed"},
+        )
+        waited = time.monotonic() - started
+    finally:
+        await blocker.close()
+
+    assert response.status_code == 503
+    assert response.headers["content-type"] == PROBLEM
+    assert 4 < waited < 10
