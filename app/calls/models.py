@@ -91,6 +91,10 @@ class Call(Base):
     # Written only by INSERT ... ON CONFLICT (see CallService.apply), hence view-only.
     notification: Mapped[Notification | None] = relationship(lazy="selectin", viewonly=True)
 
+    # UPDATE ... RETURNING brings back `updated_at` (set by the database), so a flushed
+    # call is complete without another SELECT.
+    __mapper_args__ = {"eager_defaults": True}
+
     __table_args__ = (
         Index(
             "uq_calls_api_client_idempotency_key",

@@ -257,7 +257,9 @@ class CallService:
 
         async with self._sessions() as session, session.begin():
             stored = await self.lock(session, call.id)
-            await self.apply(session, stored, exotel_call.to_update())
+            if (await self.apply(session, stored, exotel_call.to_update())).changed:
+                # Read back as stored (times in the database's form, the notification).
+                await session.refresh(stored)
             if not is_terminal(stored.status):
                 stored.next_reconcile_at = stored.created_at + self._reconcile_after
             answer = Answer(201, self.resource(stored), {"Location": call_location(stored)})
@@ -353,7 +355,6 @@ class CallService:
                     .values(id=f"msg_{uuid.uuid4().hex}", call_id=call.id, url=call.notify_url)
                     .on_conflict_do_nothing(index_elements=[Notification.call_id])
                 )
-            await session.refresh(call)
         return applied
 
     # -- reading --------------------------------------------------------------------

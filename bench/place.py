@@ -1,0 +1,220 @@
+"""Placing calls: the latency Callbridge adds to POST /calls over calling Exotel directly.
+
+The Exotel simulator runs in its own process. The baseline is its connect API called
+with httpx exactly as Callbridge calls it (same form, same Basic auth); the measured
+path is POST /calls on Callbridge (its own process, in live mode against the same
+simulator), also with httpx, from the same client. Both at the same concurrency, in
+interleaved rounds; "added" is the difference of the two distributions' percentiles.
+
+Callbridge keeps Exotel requests under EXOTEL_REQUESTS_PER_MINUTE, at most 200 by
+contract: a bucket that lets 200 requests through at once, then 3.3 a second. A round
+therefore gets a fresh Callbridge process (a fresh bucket) and places at most 200
+calls, so the limiter never holds a request and what is measured is Callbridge's own
+cost. Sustained, no client can place calls faster than 200 a minute anyway.
+
+The simulator runs at real speed (SIMULATOR_SPEED=1): its calls last at least 26 s, so
+no status callback lands on Callbridge while a round is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+
+from app.calls.tokens import CallbackTokens
+from app.exotel.client import ConnectRequest
+from app.exotel.simulator import SimulatorConfig
+from bench.load import LoadResult
+from bench.servers import OUT_DIR, Server, callbridge_env, create_database, drop_database, running
+
+CONCURRENCY = 32
+EXOTEL_BUDGET = 200  # the most EXOTEL_REQUESTS_PER_MINUTE allows, so a bucket's burst
+WARMUP = 10
+SEQUENTIAL = 40
+CONCURRENT = EXOTEL_BUDGET - WARMUP - SEQUENTIAL
+CALLBACK_SECRET = "bench-callback-secret-not-for-production"  # noqa: S105
+WRITER_KEY = "bench-writer-key"
+CALLER_ID = "+918047112233"
+# Where the baseline's StatusCallback points: nothing listens (no callback is due anyway).
+DEAD_CALLBACK = "http://127.0.0.1:9/callbacks/exotel"
+
+
+@dataclass
+class PlaceResult:
+    direct: LoadResult
+    callbridge: LoadResult
+    direct_sequential: LoadResult
+    callbridge_sequential: LoadResult
+    rounds: int
+
+    @property
+    def added_p50_ms(self) -> float:
+        return self.callbridge.p50_ms - self.direct.p50_ms
+
+    @property
+    def added_p99_ms(self) -> float:
+        return self.callbridge.p99_ms - self.direct.p99_ms
+
+    @property
+    def added_sequential_p50_ms(self) -> float:
+        return self.callbridge_sequential.p50_ms - self.direct_sequential.p50_ms
+
+    @property
+    def added_sequential_p99_ms(self) -> float:
+        return self.callbridge_sequential.p99_ms - self.direct_sequential.p99_ms
+
+
+class Numbers:
+    """A different callee for every call, none ending in a simulator scenario (99xx)."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def take(self) -> tuple[str, str]:
+        self._next += 1
+        return "+919876543210", f"+9197{self._next:06d}00"
+
+
+Sample = tuple[float, int]  # latency in ms, status
+
+
+async def _closed_loop(
+    send: Callable[[], Awaitable[int]], *, total: int, concurrency: int
+) -> tuple[list[Sample], float]:
+    samples: list[Sample] = []
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            status = await send()
+            samples.append(((time.perf_counter() - started) * 1000, status))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples, time.perf_counter() - started
+
+
+def _result(samples: list[Sample], elapsed: float, concurrency: int) -> LoadResult:
+    return LoadResult.from_latencies(
+        "httpx",
+        concurrency,
+        elapsed,
+        [latency for latency, _ in samples],
+        Counter(status for _, status in samples),
+    )
+
+
+class Round:
+    """One round: the same numbers of calls directly and through a fresh Callbridge."""
+
+    def __init__(self, simulator: Server, numbers: Numbers) -> None:
+        self.simulator = simulator
+        self.numbers = numbers
+        self.tokens = CallbackTokens(CALLBACK_SECRET)
+        config = SimulatorConfig()
+        self.connect_path = f"/v1/Accounts/{config.account_sid}/Calls/connect.json"
+        self.auth = httpx.BasicAuth(config.api_key, config.api_token)
+
+    async def direct(
+        self, http: httpx.AsyncClient, total: int, concurrency: int
+    ) -> tuple[list[Sample], float]:
+        async def send() -> int:
+            from_number, to_number = self.numbers.take()
+            call_id = uuid.uuid4()
+            form = ConnectRequest(
+                from_number=from_number,
+                to_number=to_number,
+                caller_id=CALLER_ID,
+                status_callback=f"{DEAD_CALLBACK}?token={self.tokens.for_call(call_id)}",
+            ).form()
+            response = await http.post(self.connect_path, data=form, auth=self.auth)
+            return response.status_code
+
+        return await _closed_loop(send, total=total, concurrency=concurrency)
+
+    async def callbridge(
+        self, http: httpx.AsyncClient, total: int, concurrency: int
+    ) -> tuple[list[Sample], float]:
+        async def send() -> int:
+            from_number, to_number = self.numbers.take()
+            response = await http.post(
+                "/calls",
+                json={"from": from_number, "to": to_number, "custom_field": "bench"},
+                headers={"Idempotency-Key": uuid.uuid4().hex},
+            )
+            return response.status_code
+
+        return await _closed_loop(send, total=total, concurrency=concurrency)
+
+
+def _client(base_url: str, **options: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=30,
+        limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def run(server_url: str, *, rounds: int) -> PlaceResult:
+    database = create_database(server_url, "callbridge_bench_place", migrated=True)
+    numbers = Numbers()
+    collected: dict[str, list[Sample]] = {name: [] for name in ("d", "c", "d1", "c1")}
+    elapsed: dict[str, float] = {name: 0.0 for name in collected}
+    simulator = Server("simulator", {"SIMULATOR_SPEED": "1"}, OUT_DIR / "place-simulator.log")
+    try:
+        with running(simulator):
+            for _ in range(rounds):
+                session = Round(simulator, numbers)
+                callbridge = Server("callbridge", {}, OUT_DIR / "place-callbridge.log")
+                callbridge.env = callbridge_env(
+                    database,
+                    callback_secret=CALLBACK_SECRET,
+                    api_keys=f"bench:{WRITER_KEY}:write",
+                    exotel_url=simulator.url,
+                    public_base_url=callbridge.url,
+                    exotel_requests_per_minute=str(EXOTEL_BUDGET),
+                )
+
+                async def measure(
+                    callbridge: Server = callbridge, session: Round = session
+                ) -> None:
+                    async with (
+                        _client(simulator.url) as direct,
+                        _client(
+                            callbridge.url, headers={"Authorization": f"Bearer {WRITER_KEY}"}
+                        ) as through,
+                    ):
+                        await session.direct(direct, WARMUP, 1)
+                        await session.callbridge(through, WARMUP, 1)
+                        for key, concurrency, total in (
+                            ("1", 1, SEQUENTIAL),
+                            ("", CONCURRENCY, CONCURRENT),
+                        ):
+                            samples, seconds = await session.direct(direct, total, concurrency)
+                            collected["d" + key] += samples
+                            elapsed["d" + key] += seconds
+                            samples, seconds = await session.callbridge(through, total, concurrency)
+                            collected["c" + key] += samples
+                            elapsed["c" + key] += seconds
+
+                with running(callbridge):
+                    asyncio.run(measure())
+    finally:
+        drop_database(server_url, "callbridge_bench_place")
+    return PlaceResult(
+        direct=_result(collected["d"], elapsed["d"], CONCURRENCY),
+        callbridge=_result(collected["c"], elapsed["c"], CONCURRENCY),
+        direct_sequential=_result(collected["d1"], elapsed["d1"], 1),
+        callbridge_sequential=_result(collected["c1"], elapsed["c1"], 1),
+        rounds=rounds,
+    )

@@ -1,0 +1,393 @@
+"""Reading at scale: 1,000,000 calls and their 2,000,000 legs, then GET /calls/{sid} and
+filtered GET /calls pages, and the query plans behind them.
+
+The rows are made by Postgres itself (generate_series), not through the API, in a
+database kept between runs (`--reseed` makes it anew; a new migration does too). The
+plans are those of the statements Callbridge really sends: an in-process app is driven
+through the same requests while SQLAlchemy's statements are captured, then each is run
+under EXPLAIN (ANALYZE, BUFFERS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from app.config import Settings
+from app.main import create_app
+from bench.load import LoadResult
+from bench.servers import (
+    OUT_DIR,
+    Server,
+    callbridge_env,
+    create_database,
+    database_exists,
+    running,
+    sqlalchemy_url,
+    with_database,
+)
+
+DATABASE = "callbridge_bench_read"
+CALLS = 1_000_000
+CALLERS = 2_000  # distinct `from` numbers: 500 calls each
+CALLEES = 200_000  # distinct `to` numbers: 5 calls each
+ORDERS = 300_000  # distinct custom_field values
+DAYS = 90
+READER_KEY = "bench-reader-key"
+CALLBACK_SECRET = "bench-callback-secret-not-for-production"  # noqa: S105
+
+# Status by mod(i * 7919, 1000): mostly finished calls, a few running or unsettled.
+# Formatted with the constants above only, no outside input.
+SEED_CALLS = f"""
+INSERT INTO calls (
+    id, sid, status, from_number, to_number, caller_id, direction, custom_field,
+    api_client, created_at, updated_at, exotel_created_at, exotel_updated_at,
+    start_time, end_time, duration, conversation_duration, price, recording_url, answered_by
+)
+SELECT
+    md5('call' || i)::uuid,
+    md5('sid' || i),
+    s.status,
+    '+9198' || lpad(mod(i, {CALLERS})::text, 8, '0'),
+    '+9197' || lpad(mod(i, {CALLEES})::text, 8, '0'),
+    '+918047112233',
+    'outbound-api',
+    CASE WHEN mod(i, 4) = 0 THEN NULL ELSE 'order-' || mod(i, {ORDERS}) END,
+    'orders',
+    t.created_at,
+    t.created_at + interval '1 minute',
+    t.created_at,
+    t.created_at + interval '1 minute',
+    t.created_at,
+    t.created_at + interval '1 minute',
+    60,
+    CASE WHEN s.status = 'completed' THEN 40 ELSE 0 END,
+    CASE WHEN s.status = 'completed' THEN 1.5 ELSE 0 END,
+    CASE WHEN s.status = 'completed'
+        THEN 'https://recordings.exotel.sim/callbridge-sim/' || md5('sid' || i) || '.mp3' END,
+    CASE WHEN s.status = 'completed' THEN 'human' END
+FROM generate_series(1::bigint, {CALLS}::bigint) AS i
+CROSS JOIN LATERAL (
+    SELECT %(start)s::timestamptz
+        + (i * interval '{DAYS} days' / {CALLS})
+        + mod(i * 104729, 1000) * interval '1 millisecond' AS created_at
+) AS t
+CROSS JOIN LATERAL (
+    SELECT CASE
+        WHEN mod(i * 7919, 1000) < 620 THEN 'completed'
+        WHEN mod(i * 7919, 1000) < 770 THEN 'no-answer'
+        WHEN mod(i * 7919, 1000) < 870 THEN 'busy'
+        WHEN mod(i * 7919, 1000) < 950 THEN 'failed'
+        WHEN mod(i * 7919, 1000) < 975 THEN 'canceled'
+        WHEN mod(i * 7919, 1000) < 995 THEN 'in-progress'
+        WHEN mod(i * 7919, 1000) < 998 THEN 'queued'
+        ELSE 'unknown'
+    END AS status
+) AS s
+"""  # noqa: S608
+SEED_LEGS = """
+INSERT INTO call_legs (call_id, leg, number, status, on_call_duration, answered_by)
+SELECT c.id, l.leg,
+    CASE WHEN l.leg = 0 THEN c.from_number ELSE c.to_number END,
+    CASE WHEN c.status = 'completed' OR l.leg = 0 THEN 'completed' ELSE c.status END,
+    CASE WHEN l.leg = 0 THEN 50 ELSE c.conversation_duration END,
+    c.answered_by
+FROM calls c CROSS JOIN generate_series(0, 1) AS l(leg)
+"""
+
+
+def sid(i: int) -> str:
+    return hashlib.md5(f"sid{i}".encode()).hexdigest()  # noqa: S324 - ids, not security
+
+
+def caller(i: int) -> str:
+    return f"+9198{i % CALLERS:08d}"
+
+
+def callee(i: int) -> str:
+    return f"+9197{i % CALLEES:08d}"
+
+
+def _head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from app.db import PROJECT_ROOT
+
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def _seeded(url: str) -> tuple[bool, datetime | None]:
+    """Whether the database holds a complete seed for the newest migration, and its start."""
+    try:
+        with psycopg.connect(url) as conn:
+            version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            marker = conn.execute(
+                "SELECT obj_description('calls'::regclass, 'pg_class')"
+            ).fetchone()
+    except psycopg.Error:
+        return False, None
+    if version is None or version[0] != _head_revision() or not marker or not marker[0]:
+        return False, None
+    seeded_calls, _, start = str(marker[0]).partition(" from ")
+    if seeded_calls != f"bench seed: {CALLS} calls":
+        return False, None
+    return True, datetime.fromisoformat(start)
+
+
+def seed(server_url: str, *, reseed: bool) -> tuple[str, datetime, float | None]:
+    """The seeded database's URL, the seed's first creation time, and the seconds seeding
+    took (None when an earlier seed was reused)."""
+    url = with_database(server_url, DATABASE)
+    if not reseed and database_exists(server_url, DATABASE):
+        complete, start = _seeded(url)
+        if complete and start is not None:
+            return url, start, None
+    started = time.perf_counter()
+    create_database(server_url, DATABASE, migrated=True)
+    start = (datetime.now(UTC) - timedelta(days=DAYS)).replace(microsecond=0)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        conn.execute("SET synchronous_commit = off")
+        with conn.transaction():
+            conn.execute(SEED_CALLS, {"start": start})
+            conn.execute(SEED_LEGS)
+        conn.execute("VACUUM (ANALYZE) calls")
+        conn.execute("VACUUM (ANALYZE) call_legs")
+        conn.execute(
+            f"COMMENT ON TABLE calls IS 'bench seed: {CALLS} calls from {start.isoformat()}'"
+        )
+    return url, start, time.perf_counter() - started
+
+
+# -- the requests --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    name: str
+    params: dict[str, str]
+    pages: int = 1  # how many pages to follow with next_cursor
+
+
+def list_queries(start: datetime, pick: random.Random) -> list[ListQuery]:
+    """One of each filtered listing a dashboard asks for, with fresh values."""
+    i = pick.randrange(1, CALLS)
+    day = start + timedelta(days=pick.randrange(1, DAYS - 1))
+    return [
+        ListQuery("status", {"status": "busy"}, pages=3),
+        ListQuery("status (rare)", {"status": "unknown"}),
+        ListQuery("from", {"from": caller(i)}, pages=2),
+        ListQuery("to", {"to": callee(i)}),
+        ListQuery("custom_field", {"custom_field": f"order-{i % ORDERS}"}),
+        ListQuery(
+            "created window",
+            {
+                "created_after": day.isoformat(),
+                "created_before": (day + timedelta(hours=6)).isoformat(),
+            },
+            pages=2,
+        ),
+        ListQuery("status + from", {"status": "completed", "from": caller(i)}),
+        ListQuery(
+            "status + created_after",
+            {"status": "failed", "created_after": day.isoformat()},
+            pages=2,
+        ),
+        ListQuery("unfiltered, 200 a page", {"limit": "200"}),
+    ]
+
+
+@dataclass
+class ReadResult:
+    seed_seconds: float | None
+    by_sid: LoadResult
+    listing: LoadResult
+    listing_by_query: dict[str, LoadResult]
+    plans: list[tuple[str, str]] = field(default_factory=list)  # (what, EXPLAIN output)
+    sequential_scans: list[str] = field(default_factory=list)
+    rss_mb: float = 0.0
+
+
+def _result(latencies: list[float], statuses: Counter[int], elapsed: float) -> LoadResult:
+    return LoadResult.from_latencies("httpx", 1, elapsed, latencies, statuses)
+
+
+async def _get_by_sid(http: httpx.AsyncClient, count: int, pick: random.Random) -> LoadResult:
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    started = time.perf_counter()
+    for _ in range(count):
+        sent = time.perf_counter()
+        response = await http.get(f"/calls/{sid(pick.randrange(1, CALLS + 1))}")
+        latencies.append((time.perf_counter() - sent) * 1000)
+        statuses[response.status_code] += 1
+    return _result(latencies, statuses, time.perf_counter() - started)
+
+
+async def _list_pages(
+    http: httpx.AsyncClient, rounds: int, start: datetime, pick: random.Random
+) -> tuple[LoadResult, dict[str, LoadResult]]:
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    per_query: dict[str, tuple[list[float], Counter[int]]] = {}
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for query in list_queries(start, pick):
+            own_latencies, own_statuses = per_query.setdefault(query.name, ([], Counter()))
+            params = dict(query.params)
+            for _page in range(query.pages):
+                sent = time.perf_counter()
+                response = await http.get("/calls", params=params)
+                latency = (time.perf_counter() - sent) * 1000
+                latencies.append(latency)
+                own_latencies.append(latency)
+                statuses[response.status_code] += 1
+                own_statuses[response.status_code] += 1
+                cursor = response.json().get("next_cursor") if response.is_success else None
+                if not cursor:
+                    break
+                params["cursor"] = cursor
+    elapsed = time.perf_counter() - started
+    return _result(latencies, statuses, elapsed), {
+        name: _result(own_latencies, own_statuses, elapsed)
+        for name, (own_latencies, own_statuses) in per_query.items()
+    }
+
+
+# -- the plans -------------------------------------------------------------------------
+
+
+@contextmanager
+def captured_statements() -> Iterator[list[tuple[str, Any]]]:
+    """Every statement any SQLAlchemy engine sends while the block runs, with parameters."""
+    statements: list[tuple[str, Any]] = []
+
+    def capture(
+        _conn: object,
+        _cursor: object,
+        statement: str,
+        parameters: Any,
+        _context: object,
+        _executemany: bool,
+    ) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", capture)
+    try:
+        yield statements
+    finally:
+        event.remove(Engine, "before_cursor_execute", capture)
+
+
+async def _plans(url: str, start: datetime) -> tuple[list[tuple[str, str]], list[str]]:
+    """EXPLAIN ANALYZE of what Callbridge sends for one read of each kind."""
+    settings = Settings(
+        _env_file=None,
+        database_url=sqlalchemy_url(url),
+        api_keys=f"dashboard:{READER_KEY}:read",
+        callback_secret=CALLBACK_SECRET,
+        exotel_account_sid="bench",
+        exotel_api_key="bench",
+        exotel_api_token="bench",  # noqa: S106 - nothing is sent: reads only
+        exotel_base_url="http://127.0.0.1:9",
+        run_jobs=False,
+        log_level="WARNING",
+    )
+    app = create_app(settings)
+    pick = random.Random(7)
+    requests: list[tuple[str, str, dict[str, str]]] = [
+        ("GET /calls/{sid}", f"/calls/{sid(123_456)}", {}),
+        ("GET /calls/{id}", f"/calls/{uuid.UUID(hex=hashlib.md5(b'call123456').hexdigest())}", {}),  # noqa: S324
+    ]
+    requests += [(f"GET /calls ({q.name})", "/calls", q.params) for q in list_queries(start, pick)]
+    plans: list[tuple[str, str]] = []
+    scans: list[str] = []
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://callbridge.bench",
+            headers={"Authorization": f"Bearer {READER_KEY}"},
+        ) as http,
+    ):
+        for what, path, params in requests:
+            with captured_statements() as statements:
+                response = await http.get(path, params=params)
+                if what.startswith("GET /calls (status)") and response.is_success:
+                    cursor = response.json().get("next_cursor")
+                    if cursor:
+                        await http.get(path, params={**params, "cursor": cursor})
+                        what += " and its next page"
+            response.raise_for_status()
+            reads = [(s, p) for s, p in statements if s.lstrip().upper().startswith("SELECT")]
+            with psycopg.connect(url) as conn:
+                for statement, parameters in reads:
+                    if "FROM calls" not in statement and "FROM call_legs" not in statement:
+                        continue
+                    rows = conn.execute(
+                        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + statement,
+                        parameters,
+                    ).fetchall()
+                    plan = "\n".join(str(row[0]) for row in rows)
+                    plans.append((what, plan))
+                    if "Seq Scan" in plan:
+                        scans.append(what)
+    return plans, scans
+
+
+def run(server_url: str, *, reseed: bool, by_sid: int, list_rounds: int) -> ReadResult:
+    url, start, seed_seconds = seed(server_url, reseed=reseed)
+    plans, scans = asyncio.run(_plans(url, start))
+    env = callbridge_env(
+        url,
+        callback_secret=CALLBACK_SECRET,
+        api_keys=f"dashboard:{READER_KEY}:read",
+        exotel_url="http://127.0.0.1:9",
+        public_base_url="http://127.0.0.1:8000",
+        run_jobs="false",
+    )
+    pick = random.Random(11)
+    with running(Server("callbridge", env, OUT_DIR / "read-callbridge.log")) as server:
+
+        async def measure() -> tuple[LoadResult, LoadResult, dict[str, LoadResult]]:
+            async with httpx.AsyncClient(
+                base_url=server.url,
+                timeout=30,
+                headers={"Authorization": f"Bearer {READER_KEY}"},
+            ) as http:
+                await _get_by_sid(http, 50, pick)  # warm-up
+                await _list_pages(http, 2, start, pick)
+                single = await _get_by_sid(http, by_sid, pick)
+                listing, per_query = await _list_pages(http, list_rounds, start, pick)
+                return single, listing, per_query
+
+        single, listing, per_query = asyncio.run(measure())
+        rss = server.rss_bytes()
+    return ReadResult(
+        seed_seconds=seed_seconds,
+        by_sid=single,
+        listing=listing,
+        listing_by_query=per_query,
+        plans=plans,
+        sequential_scans=scans,
+        rss_mb=rss / 2**20,
+    )
