@@ -25,6 +25,7 @@ from sqlalchemy import Select, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import joinedload
 
 from app.calls.apply import Applied, apply_update, is_terminal
 from app.calls.models import Call, CallEvent, Leg, Notification
@@ -367,8 +368,10 @@ class CallService:
         query = select(Call).where(Call.sid == ref)
         with contextlib.suppress(ValueError):
             query = select(Call).where((Call.sid == ref) | (Call.id == uuid.UUID(ref)))
+        # One statement, where lazy="selectin" would send three (call, legs, notification).
+        query = query.options(joinedload(Call.legs), joinedload(Call.notification)).limit(1)
         async with self._sessions() as session:
-            call = (await session.execute(query.limit(1))).scalar_one_or_none()
+            call = (await session.execute(query)).unique().scalar_one_or_none()
         if call is None:
             raise Problem(404, "call-not-found", f"No call has the sid or id {ref!r}")
         return call

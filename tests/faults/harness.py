@@ -176,12 +176,15 @@ def stored_calls(database_url: str) -> list[StoredCall]:
 
 
 def fast_forward_unsettled(database_url: str) -> int:
-    """Make calls left `pending` or `unknown` due for reconciliation now, as if the waits
-    CallService gives them (2 minutes, 30 seconds) had passed; how many were moved."""
+    """Make every call not yet final due for reconciliation now, as if the waits had
+    passed: 2 minutes for a call left `pending`, 30 s for an `unknown` one (CallService),
+    the 5-minute lease a killed process held on a call it was looking at, the backoff
+    between looks (the reconciler). How many calls were moved."""
     with psycopg.connect(database_url) as conn:
         moved = conn.execute(
             "UPDATE calls SET next_reconcile_at = now() "
-            "WHERE status IN ('pending', 'unknown') AND next_reconcile_at > now()"
+            "WHERE status <> ALL(%s) AND next_reconcile_at > now()",
+            (sorted(FINAL),),
         ).rowcount
     return moved
 

@@ -64,7 +64,7 @@ async def test_a_killed_service_places_each_call_once(
     forwarded = 0
 
     async def fast_forward() -> None:
-        # What CallService leaves pending/unknown waits 2 min/30 s before reconciliation.
+        # Reconciliation waits minutes after a crash; here the clock is moved on instead.
         nonlocal forwarded
         while not stop_forwarding.is_set():
             forwarded += await asyncio.to_thread(fast_forward_unsettled, database)
