@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for old_log in OUT_DIR.glob("*.log"):
         old_log.unlink()
+    load_before = os.getloadavg()
     server_url, postgres_how = postgres_server(arguments.database_url)
     notes: list[str] = []
     generator = "python"
@@ -100,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(found))
     env = environment(server_url, postgres_how, generator_text)
+    load_after = os.getloadavg()
+    env.append(
+        (
+            "load average (1, 5, 15 min)",
+            f"{' '.join(f'{x:.2f}' for x in load_before)} before, "
+            f"{' '.join(f'{x:.2f}' for x in load_after)} after; the bench itself adds about 2",
+        )
+    )
     out = arguments.out or (None if arguments.quick else RESULTS)
     if out is not None:
         out.write_text(markdown(env, found, ingested, placed, read_result, notes))

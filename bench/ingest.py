@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+from psycopg import sql
 
 from app.calls.tokens import CallbackTokens
 from app.exotel.schemas import EXOTEL_TIMEZONE
@@ -212,6 +213,7 @@ def run(
         with running(Server("callbridge", env, OUT_DIR / "ingest-callbridge.log")) as server:
             rss_idle = server.rss_bytes()
             drive(server, warmup, generator=generator, concurrency=CONCURRENCY, duration_s=warmup_s)
+            events_before = _count(callbridge_db, "call_events")
             with RssSampler(server).sampling() as rss:
                 callbridge = drive(
                     server,
@@ -226,19 +228,22 @@ def run(
             reference = drive(
                 ref, measured, generator=generator, concurrency=CONCURRENCY, duration_s=duration_s
             )
-        with psycopg.connect(callbridge_db) as conn:
-            events = conn.execute("SELECT count(*) FROM call_events").fetchone()
-        with psycopg.connect(reference_db) as conn:
-            rows = conn.execute("SELECT count(*) FROM callbacks").fetchone()
         return IngestResult(
             callbridge=callbridge,
             reference=reference,
             rss_idle_mb=rss_idle / 2**20,
             rss_max_mb=rss.max_bytes / 2**20,
-            events_stored=int(events[0]) if events else 0,
-            reference_rows=int(rows[0]) if rows else 0,
+            events_stored=_count(callbridge_db, "call_events") - events_before,
+            reference_rows=_count(reference_db, "callbacks"),
             requests_prepared=len(measured),
         )
     finally:
         drop_database(server_url, "callbridge_bench_ingest")
         drop_database(server_url, "callbridge_bench_reference")
+
+
+def _count(database_url: str, table: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+        found = row.fetchone()
+    return int(found[0]) if found else 0

@@ -16,7 +16,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -212,8 +212,12 @@ def list_queries(start: datetime, pick: random.Random) -> list[ListQuery]:
             {"status": "failed", "created_after": day.isoformat()},
             pages=2,
         ),
-        ListQuery("unfiltered, 200 a page", {"limit": "200"}),
     ]
+
+
+def big_page() -> ListQuery:
+    """Not a filtered page (no target): the largest page a client may ask for."""
+    return ListQuery("unfiltered, 200 a page", {"limit": "200"})
 
 
 @dataclass
@@ -244,14 +248,18 @@ async def _get_by_sid(http: httpx.AsyncClient, count: int, pick: random.Random) 
 
 
 async def _list_pages(
-    http: httpx.AsyncClient, rounds: int, start: datetime, pick: random.Random
+    http: httpx.AsyncClient,
+    rounds: int,
+    start: datetime,
+    pick: random.Random,
+    queries: Callable[[datetime, random.Random], list[ListQuery]] = list_queries,
 ) -> tuple[LoadResult, dict[str, LoadResult]]:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     per_query: dict[str, tuple[list[float], Counter[int]]] = {}
     started = time.perf_counter()
     for _ in range(rounds):
-        for query in list_queries(start, pick):
+        for query in queries(start, pick):
             own_latencies, own_statuses = per_query.setdefault(query.name, ([], Counter()))
             params = dict(query.params)
             for _page in range(query.pages):
@@ -318,7 +326,10 @@ async def _plans(url: str, start: datetime) -> tuple[list[tuple[str, str]], list
         ("GET /calls/{sid}", f"/calls/{sid(123_456)}", {}),
         ("GET /calls/{id}", f"/calls/{uuid.UUID(hex=hashlib.md5(b'call123456').hexdigest())}", {}),  # noqa: S324
     ]
-    requests += [(f"GET /calls ({q.name})", "/calls", q.params) for q in list_queries(start, pick)]
+    requests += [
+        (f"GET /calls ({q.name})", "/calls", q.params)
+        for q in [*list_queries(start, pick), big_page()]
+    ]
     plans: list[tuple[str, str]] = []
     scans: list[str] = []
     async with (
@@ -378,7 +389,10 @@ def run(server_url: str, *, reseed: bool, by_sid: int, list_rounds: int) -> Read
                 await _list_pages(http, 2, start, pick)
                 single = await _get_by_sid(http, by_sid, pick)
                 listing, per_query = await _list_pages(http, list_rounds, start, pick)
-                return single, listing, per_query
+                _, big = await _list_pages(
+                    http, max(list_rounds // 3, 1), start, pick, lambda *_: [big_page()]
+                )
+                return single, listing, {**per_query, **big}
 
         single, listing, per_query = asyncio.run(measure())
         rss = server.rss_bytes()
