@@ -51,7 +51,7 @@ SETTINGS = {
     "reconcile_after_s": 3,
     "reconcile_interval_s": 0.2,
     "reconcile_unknown_grace_s": 3,
-    "exotel_timeout_s": 2,
+    "exotel_timeout_s": 3,
     "exotel_requests_per_minute": 200,
 }
 
@@ -61,7 +61,7 @@ async def test_flapping_exotel_leaves_every_call_right(
 ) -> None:
     count = sized(64, 160)
     database = await asyncio.to_thread(private_postgres.database, "faults_flapping")
-    exotel = simulator("flapping-simulator", speed=20, slow_answer_s=1.0, lost_answer_hang_s=4)
+    exotel = simulator("flapping-simulator", speed=20, slow_answer_s=1.0, lost_answer_hang_s=5)
     await asyncio.to_thread(exotel.start)
     service = callbridge(database, exotel.url, "flapping-callbridge", SETTINGS)
     await asyncio.to_thread(service.start)
