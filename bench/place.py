@@ -156,12 +156,12 @@ class Round:
         return await _closed_loop(send, total=total, concurrency=concurrency)
 
 
-def _client(base_url: str, **options: object) -> httpx.AsyncClient:
+def _client(base_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=30,
+        headers=headers,
         limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
-        **options,  # type: ignore[arg-type]
     )
 
 
