@@ -13,7 +13,7 @@ from datetime import datetime
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, NoResultFound
+from sqlalchemy.exc import DataError, IntegrityError, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls.models import Call, CallEvent
@@ -67,7 +67,9 @@ class CallbackService:
                 # must not cost us the stored event: only the apply step is undone.
                 async with session.begin_nested():
                     applied = await CallService.apply(session, call, callback.to_update())
-            except DBAPIError as exc:
+            except (DataError, IntegrityError) as exc:
+                # Only a value the database refuses; a lost connection or a timeout must
+                # fail the whole request (503) so that Exotel retries it.
                 # The database's own message only: SQLAlchemy's would show the statement's
                 # parameters, and with them the legs' phone numbers.
                 log.error(
