@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app.auth import Reader
 from app.calls.openapi import (
@@ -37,6 +38,11 @@ CallRef = Annotated[
 def _service(request: Request) -> CallService:
     service: CallService = request.app.state.calls
     return service
+
+
+def _json(model: BaseModel) -> Response:
+    """The model as JSON, as `response_model` would render it, without validating it again."""
+    return Response(model.model_dump_json(by_alias=True), media_type="application/json")
 
 
 @router.post(
@@ -79,7 +85,7 @@ async def list_calls(
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> CallPage:
+) -> Response:
     service = _service(request)
     filters = CallFilters(
         status=status,
@@ -90,7 +96,9 @@ async def list_calls(
         created_before=created_before,
     )
     calls, next_cursor = await service.list(filters, limit=limit, cursor=cursor)
-    return CallPage(items=[CallOut.from_call(call) for call in calls], next_cursor=next_cursor)
+    return _json(
+        CallPage(items=[CallOut.from_call(call) for call in calls], next_cursor=next_cursor)
+    )
 
 
 @router.get(
@@ -99,8 +107,8 @@ async def list_calls(
     response_model=CallOut,
     responses=READ_RESPONSES,
 )
-async def get_call(ref: CallRef, request: Request, _: Reader) -> CallOut:
-    return CallOut.from_call(await _service(request).get(ref))
+async def get_call(ref: CallRef, request: Request, _: Reader) -> Response:
+    return _json(CallOut.from_call(await _service(request).get(ref)))
 
 
 @router.get(
