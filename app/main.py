@@ -53,9 +53,7 @@ Internal services place calls with `POST /calls`; dashboards read them back.
 async def _database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
-    url = await asyncio.to_thread(start_embedded_postgres, settings.callbridge_data_dir)
-    await asyncio.to_thread(migrate, url)
-    return url
+    return await asyncio.to_thread(start_embedded_postgres, settings.callbridge_data_dir)
 
 
 def _exotel_client(app: FastAPI, settings: Settings, stack: AsyncExitStack) -> ExotelClient:
@@ -111,9 +109,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         secrets=_secrets(settings),
     )
     async with AsyncExitStack() as stack:
-        engine = create_engine(await _database_url(settings))
+        database_url = await _database_url(settings)
+        engine = create_engine(database_url)
         stack.push_async_callback(engine.dispose)
         await wait_for_database(engine, timeout_s=settings.database_wait_s)
+        # Pending migrations are applied here too (a no-op once `alembic upgrade head`
+        # ran); replicas starting together queue on a lock taken in migrations/env.py.
+        await asyncio.to_thread(migrate, database_url)
         sessions = create_sessionmaker(engine)
 
         callback_secret = (

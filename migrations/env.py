@@ -6,6 +6,7 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -14,6 +15,7 @@ from app.config import Settings
 from app.db import Base
 
 config = context.config
+MIGRATION_LOCK = 0x63616C6C  # any constant shared by every Callbridge process
 if config.config_file_name is not None and not config.attributes.get("database_url"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
@@ -30,6 +32,9 @@ def _run(connection: Connection) -> None:
         connection=connection, target_metadata=Base.metadata, compare_server_default=True
     )
     with context.begin_transaction():
+        # One migrator at a time: replicas starting together wait here, then find the
+        # schema at head. Postgres runs DDL in the transaction, so the lock covers it all.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 
