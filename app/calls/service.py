@@ -49,11 +49,16 @@ log = structlog.get_logger(__name__)
 
 # How long an unanswered connect request stays `unknown` before the reconciler looks.
 UNKNOWN_GRACE = timedelta(seconds=30)
-# A connect request takes at most EXOTEL_TIMEOUT_S, so a call still `pending` this long
-# after its row was committed was left by a process that died while asking Exotel.
+# A connect request takes at most EXOTEL_TIMEOUT_S (after at most 5 s waiting for the
+# outbound limit), so a call still `pending` this long after its row was committed was
+# left by a process that died while asking Exotel.
 STALE_PENDING = timedelta(minutes=2)
-EXOTEL_VALUES = {"callee": "Callee", "both": "Both", "leg1_connect": "Leg1Connect"} | {
-    "leg2_connect": "Leg2Connect"
+# Our snake_case option values, as Exotel spells them.
+EXOTEL_VALUES = {
+    "callee": "Callee",
+    "both": "Both",
+    "leg1_connect": "Leg1Connect",
+    "leg2_connect": "Leg2Connect",
 }
 
 
