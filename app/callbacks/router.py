@@ -9,6 +9,8 @@ the answer must come fast and must be 2xx for everything that was stored.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -41,6 +43,16 @@ def _authenticate(request: Request, token: str | None) -> uuid.UUID:
     return call_id
 
 
+@contextmanager
+def _counting_refusals() -> Iterator[None]:
+    """Count a refused callback by the problem it was refused with."""
+    try:
+        yield
+    except Problem as problem:
+        CALLBACKS.labels(problem.slug).inc()
+        raise
+
+
 async def received_callback(
     request: Request,
     token: Annotated[
@@ -48,11 +60,8 @@ async def received_callback(
         Query(description="The per-call token Callbridge put in the StatusCallback URL"),
     ] = None,
 ) -> ReceivedCallback:
-    try:
+    with _counting_refusals():
         return await _received_callback(request, token)
-    except Problem as problem:
-        CALLBACKS.labels(problem.slug).inc()
-        raise
 
 
 async def _received_callback(request: Request, token: str | None) -> ReceivedCallback:
@@ -134,10 +143,7 @@ async def _received_callback(request: Request, token: str | None) -> ReceivedCal
 async def exotel_callback(
     received: Annotated[ReceivedCallback, Depends(received_callback)], request: Request
 ) -> CallbackAccepted:
-    try:
+    with _counting_refusals():
         changed = await CallbackService(request.app.state.sessions).record(received)
-    except Problem as problem:
-        CALLBACKS.labels(problem.slug).inc()
-        raise
     CALLBACKS.labels("applied" if changed else "unchanged").inc()
     return CallbackAccepted()
