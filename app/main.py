@@ -13,7 +13,9 @@ from aiolimiter import AsyncLimiter
 from fastapi import FastAPI
 
 from app.auth import ApiKeys
+from app.callbacks.applier import running_applier
 from app.callbacks.router import router as callbacks_router
+from app.callbacks.service import CallbackInbox
 from app.calls.router import router as calls_router
 from app.calls.service import CallService
 from app.calls.tokens import CallbackTokens
@@ -117,6 +119,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # ran); replicas starting together queue on a lock taken in migrations/env.py.
         await asyncio.to_thread(migrate, database_url)
         sessions = create_sessionmaker(engine)
+        app.state.engine = engine
 
         callback_secret = (
             settings.callback_secret.get_secret_value()
@@ -131,8 +134,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.call_limiter = RateLimiter(settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
         exotel = _exotel_client(app, settings, stack)
+        app.state.callback_inbox = CallbackInbox(engine)
+        await stack.enter_async_context(running_applier(engine))
         app.state.calls = CallService(
-            sessions,
+            engine,
             exotel,
             app.state.tokens,
             public_base_url=settings.public_base_url,

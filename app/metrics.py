@@ -37,8 +37,22 @@ EXOTEL_REQUEST_DURATION = Histogram(
 
 CALLBACKS = Counter(
     "callbridge_callbacks_total",
-    "Exotel status callbacks received, by outcome.",
+    "Exotel status callbacks received, by outcome (stored, or the problem that refused it).",
     ["outcome"],
+)
+CALLBACKS_APPLIED = Counter(
+    "callbridge_callbacks_applied_total",
+    "Stored callbacks the applier processed, by outcome (applied: it changed the call).",
+    ["outcome"],
+)
+CALLBACK_APPLY_LAG = Histogram(
+    "callbridge_callback_apply_lag_seconds",
+    "Time from storing (acknowledging) a callback to applying it to its call.",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CALLBACK_BACKLOG = Gauge(
+    "callbridge_callback_backlog",
+    "Stored callbacks waiting for the applier.",
 )
 CALL_STATUS_TRANSITIONS = Counter(
     "callbridge_call_status_transitions_total",

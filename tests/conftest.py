@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 import respx
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from app.config import Settings
 from app.db import PROJECT_ROOT, migrate, start_embedded_postgres
@@ -23,6 +25,7 @@ WRITER_KEY = "writer-secret"
 READER_KEY = "reader-secret"
 FIXTURES = Path(__file__).parent / "fixtures"
 TABLES = "calls, call_legs, call_events, notifications"
+WAITING_CALLBACKS = "SELECT EXISTS (SELECT FROM call_events WHERE processed_at IS NULL)"
 
 
 def _server_url() -> str:
@@ -93,10 +96,33 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
         yield application
 
 
+async def callbacks_applied(app: FastAPI, timeout_s: float = 5.0) -> None:
+    """Wait until the applier has processed every stored callback (it runs in the background)."""
+    engine = app.state.engine
+    async with asyncio.timeout(timeout_s), engine.connect() as conn:
+        while await conn.scalar(text(WAITING_CALLBACKS)):
+            await conn.rollback()
+            await asyncio.sleep(0.005)
+
+
+class AppliedFirst(httpx.AsyncBaseTransport):
+    """The app, in process; a read first waits for the callbacks stored so far to be applied,
+    so that a test can post a callback and read its effect, as a dashboard would soon after."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+        self._asgi = httpx.ASGITransport(app=app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            await callbacks_applied(self._app)
+        return await self._asgi.handle_async_request(request)
+
+
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
+        transport=AppliedFirst(app),
         base_url="http://callbridge.test",
         headers={"Authorization": f"Bearer {WRITER_KEY}"},
     ) as http:

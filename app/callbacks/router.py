@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from app.callbacks.schemas import CALLBACK_REQUEST_BODY, CallbackAccepted
-from app.callbacks.service import CallbackService, ReceivedCallback
+from app.callbacks.service import CallbackInbox, ReceivedCallback
 from app.calls.tokens import CallbackTokens
 from app.errors import SERVER_PROBLEMS, Problem, problem_response, validation_problem
 from app.exotel.callbacks import (
@@ -27,10 +27,12 @@ from app.exotel.callbacks import (
     UnsupportedContentType,
     parse_callback,
 )
+from app.exotel.schemas import ExotelCallback
 from app.metrics import CALLBACKS
 from app.middleware import MAX_BODY_BYTES
 
 router = APIRouter(prefix="/callbacks", tags=["callbacks"])
+ACCEPTED = CallbackAccepted().model_dump_json().encode()
 
 
 def _authenticate(request: Request, token: str | None) -> uuid.UUID:
@@ -53,38 +55,18 @@ def _counting_refusals() -> Iterator[None]:
         raise
 
 
-async def received_callback(
-    request: Request,
-    token: Annotated[
-        str | None,
-        Query(description="The per-call token Callbridge put in the StatusCallback URL"),
-    ] = None,
-) -> ReceivedCallback:
-    with _counting_refusals():
-        return await _received_callback(request, token)
-
-
-async def _received_callback(request: Request, token: str | None) -> ReceivedCallback:
-    received_at = datetime.now(UTC)
-    call_id = _authenticate(request, token)
-    # BodySizeLimitMiddleware has already capped the body while it streamed in.
-    body = await request.body()
-    content_type = request.headers.get("content-type")
+async def _parsed(
+    body: bytes, content_type: str | None
+) -> tuple[ExotelCallback | None, Problem | None]:
+    """The callback, or the problem that refuses it (the body is stored either way)."""
     try:
-        callback = await parse_callback(body, content_type)
+        return await parse_callback(body, content_type), None
     except UnsupportedContentType as exc:
-        raise Problem(415, "unsupported-media-type", str(exc)) from exc
+        return None, Problem(415, "unsupported-media-type", str(exc))
     except UnreadableCallback as exc:
-        raise Problem(400, "callback-unreadable", str(exc)) from exc
+        return None, Problem(400, "callback-unreadable", str(exc))
     except InvalidCallback as exc:
-        raise validation_problem(exc.errors) from exc
-    return ReceivedCallback(
-        call_id=call_id,
-        callback=callback,
-        raw_body=body,
-        content_type=content_type,
-        received_at=received_at,
-    )
+        return None, validation_problem(exc.errors)
 
 
 @router.post(
@@ -141,9 +123,22 @@ async def _received_callback(request: Request, token: str | None) -> ReceivedCal
     openapi_extra={"requestBody": CALLBACK_REQUEST_BODY},
 )
 async def exotel_callback(
-    received: Annotated[ReceivedCallback, Depends(received_callback)], request: Request
-) -> CallbackAccepted:
+    request: Request,
+    token: Annotated[
+        str | None,
+        Query(description="The per-call token Callbridge put in the StatusCallback URL"),
+    ] = None,
+) -> Response:
     with _counting_refusals():
-        changed = await CallbackService(request.app.state.sessions).record(received)
-    CALLBACKS.labels("applied" if changed else "unchanged").inc()
-    return CallbackAccepted()
+        received_at = datetime.now(UTC)
+        call_id = _authenticate(request, token)
+        # BodySizeLimitMiddleware has already capped the body while it streamed in.
+        body = await request.body()
+        content_type = request.headers.get("content-type")
+        callback, refusal = await _parsed(body, content_type)
+        inbox: CallbackInbox = request.app.state.callback_inbox
+        await inbox.store(ReceivedCallback(call_id, callback, body, content_type, received_at))
+        if refusal is not None:
+            raise refusal
+    CALLBACKS.labels("stored").inc()
+    return Response(ACCEPTED, media_type="application/json")

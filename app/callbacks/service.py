@@ -1,8 +1,8 @@
-"""How a status callback changes a call: stored first, then applied, in one transaction.
+"""Storing a status callback: one statement, one round trip, then Exotel gets its 2xx.
 
-The call's row is locked first, so callbacks for one call, and Exotel's connect answer,
-are applied one after another in a definite order; the event ids, drawn under that
-lock, record that order.
+The callback is applied later, by the applier (app/callbacks/applier.py), which
+`pg_notify` wakes. What is stored is the raw body as received, whether or not it could
+be parsed: nothing that passed the token check is lost.
 """
 
 from __future__ import annotations
@@ -12,111 +12,103 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import select
-from sqlalchemy.exc import DataError, IntegrityError, NoResultFound
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.calls.models import Call, CallEvent
-from app.calls.service import CallService
 from app.errors import Problem
 from app.exotel.schemas import ExotelCallback
 
 log = structlog.get_logger(__name__)
 
+CALLBACKS_CHANNEL = "callbridge_callbacks"
 # Lengths of the call_events summary columns; the raw body keeps the full values.
 SHORT_COLUMN = 32
+SID_COLUMN = 64
 CONTENT_TYPE_COLUMN = 255
+
+# A token speaks for one call: its callbacks may carry that call's Sid, or, while the
+# call has none yet (the connect answer is not stored, or was lost), a Sid no other call
+# has. Checked and stored in one statement; `pg_notify` is delivered at its commit.
+_STORE = text(
+    """
+    WITH stored AS (
+        INSERT INTO call_events (call_id, call_sid, source, event_type, status, content_type,
+                                 raw_body, applied, received_at, processed_at)
+        SELECT calls.id, CAST(:sid AS varchar), 'callback', :event_type, :status,
+               :content_type, :raw_body, false, :received_at,
+               CASE WHEN :applicable THEN NULL ELSE CAST(:received_at AS timestamptz) END
+        FROM calls
+        WHERE calls.id = :call_id
+          AND (CAST(:sid AS varchar) IS NULL
+               OR calls.sid = :sid
+               OR (calls.sid IS NULL
+                   AND NOT EXISTS (SELECT FROM calls AS owner WHERE owner.sid = :sid)))
+        RETURNING id
+    )
+    SELECT id, pg_notify(:channel, '') FROM stored
+    """
+)
+_CALL_SID = text("SELECT sid FROM calls WHERE id = :call_id")
 
 
 @dataclass(frozen=True)
 class ReceivedCallback:
-    """A callback that passed authentication and parsing, with what is kept of it."""
+    """A callback that passed the token check, as received; `callback` if it parsed."""
 
     call_id: uuid.UUID
-    callback: ExotelCallback
+    callback: ExotelCallback | None
     raw_body: bytes
     content_type: str | None
     received_at: datetime
 
 
-class CallbackService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+def _column_text(value: str | None, length: int) -> str | None:
+    """A value Postgres text can hold: no NUL, no lone surrogate, at most `length` chars."""
+    if value is None:
+        return None
+    storable = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return storable[:length]
 
-    async def record(self, received: ReceivedCallback) -> bool:
-        """Store the callback and apply it to its call; True if the call changed."""
+
+class CallbackInbox:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def store(self, received: ReceivedCallback) -> None:
+        """Store the callback durably, or raise the Problem that refuses it (404, 403)."""
         callback = received.callback
-        async with self._sessions() as session, session.begin():
-            call = await self._lock(session, received.call_id)
-            await self._refuse_another_calls_sid(session, call, callback.call_sid)
-            event = CallEvent(
-                call_id=call.id,
-                call_sid=callback.call_sid,
-                source="callback",
-                event_type=_truncated(callback.event_type, SHORT_COLUMN),
-                status=_truncated(callback.status, SHORT_COLUMN),
-                content_type=_truncated(received.content_type, CONTENT_TYPE_COLUMN),
-                raw_body=received.raw_body,
-                applied=False,
-                received_at=received.received_at,
-            )
-            session.add(event)
-            await session.flush()
-            try:
-                # A value the database refuses (a status too long for its column, say)
-                # must not cost us the stored event: only the apply step is undone.
-                async with session.begin_nested():
-                    applied = await CallService.apply(session, call, callback.to_update())
-            except (DataError, IntegrityError) as exc:
-                # Only a value the database refuses; a lost connection or a timeout must
-                # fail the whole request (503) so that Exotel retries it.
-                # The database's own message only: SQLAlchemy's would show the statement's
-                # parameters, and with them the legs' phone numbers.
-                log.error(
-                    "callback_not_applied",
-                    call_id=str(received.call_id),
-                    sid=callback.call_sid,
-                    reason=str(exc.orig),
+        sid = _column_text(callback.call_sid, SID_COLUMN) if callback else None
+        async with self._engine.connect() as conn:
+            stored = (
+                await conn.execute(
+                    _STORE,
+                    {
+                        "call_id": received.call_id,
+                        "sid": sid,
+                        "event_type": _column_text(
+                            callback.event_type if callback else None, SHORT_COLUMN
+                        ),
+                        "status": _column_text(callback.status if callback else None, SHORT_COLUMN),
+                        "content_type": _column_text(received.content_type, CONTENT_TYPE_COLUMN),
+                        "raw_body": received.raw_body,
+                        "received_at": received.received_at,
+                        "applicable": callback is not None,
+                        "channel": CALLBACKS_CHANNEL,
+                    },
                 )
-                return False
-            event.applied = applied.changed
-        log.info(
-            "callback_received",
-            call_id=str(received.call_id),
-            sid=callback.call_sid,
-            event_type=callback.event_type,
-            status=callback.status,
-            changed=applied.changed,
-            call_status=applied.status,
-        )
-        return applied.changed
-
-    @staticmethod
-    async def _lock(session: AsyncSession, call_id: uuid.UUID) -> Call:
-        try:
-            return await CallService.lock(session, call_id)
-        except NoResultFound:
-            # Only possible if the call was deleted: tokens are made for stored calls.
-            raise Problem(404, "call-not-found", "The token names no stored call") from None
-
-    @staticmethod
-    async def _refuse_another_calls_sid(session: AsyncSession, call: Call, sid: str) -> None:
-        """A token speaks for one call: its callbacks may not carry another call's Sid."""
-        if call.sid == sid:
-            return
-        if call.sid is None:
-            owner = await session.scalar(select(Call.id).where(Call.sid == sid))
-            if owner is None:
-                # Exotel's connect answer is not saved yet (or was lost): the token
-                # names the call, and its Sid is learnt from this callback.
+            ).first()
+            if stored is not None:
                 return
-        log.warning("callback_sid_mismatch", call_id=str(call.id), call_sid=call.sid, sid=sid)
+            # Refused: say why (the rare path may take a second round trip).
+            found = (await conn.execute(_CALL_SID, {"call_id": received.call_id})).first()
+        if found is None:
+            # Only possible if the call was deleted: tokens are made for stored calls.
+            raise Problem(404, "call-not-found", "The token names no stored call")
+        log.warning(
+            "callback_sid_mismatch", call_id=str(received.call_id), call_sid=found.sid, sid=sid
+        )
         raise Problem(
             403,
             "callback-sid-mismatch",
             "The callback's CallSid is not the Sid of the token's call",
         )
-
-
-def _truncated(value: str | None, length: int) -> str | None:
-    return value[:length] if value is not None else None

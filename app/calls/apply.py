@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.calls.models import Call, Leg
+from app.calls.state import CallState, LegState
 from app.exotel.schemas import TERMINAL_STATUSES, CallUpdate
 
 
@@ -34,7 +34,7 @@ def is_terminal(status: str) -> bool:
     return status in TERMINAL_STATUSES
 
 
-def _is_stale(call: Call, update: CallUpdate) -> bool:
+def _is_stale(call: CallState, update: CallUpdate) -> bool:
     if is_terminal(call.status) != update.is_terminal:
         # A finished call stays finished, and news that it finished is never old,
         # whatever the two messages' clocks say.
@@ -62,8 +62,8 @@ class _Writer:
         self.changed = True
 
 
-def apply_update(call: Call, update: CallUpdate) -> Applied:
-    """Merge `update` into `call` (whose legs must be loaded) and say what changed."""
+def apply_update(call: CallState, update: CallUpdate) -> Applied:
+    """Merge `update` into `call` and say what changed."""
     previous_status = call.status
     writer = _Writer(stale=_is_stale(call, update))
 
@@ -89,8 +89,9 @@ def apply_update(call: Call, update: CallUpdate) -> Applied:
     for leg_update in update.legs:
         leg = legs.get(leg_update.leg)
         if leg is None:
-            leg = Leg(leg=leg_update.leg, number=_leg_number(call, leg_update.leg))
+            leg = LegState(leg=leg_update.leg, number=_leg_number(call, leg_update.leg))
             call.legs.append(leg)
+            call.legs.sort(key=lambda known: known.leg)
             legs[leg.leg] = leg
             writer.changed = True
         if not writer.stale:
@@ -101,5 +102,5 @@ def apply_update(call: Call, update: CallUpdate) -> Applied:
     return Applied(changed=writer.changed, previous_status=previous_status, status=call.status)
 
 
-def _leg_number(call: Call, index: int) -> str | None:
+def _leg_number(call: CallState, index: int) -> str | None:
     return {0: call.from_number, 1: call.to_number}.get(index)

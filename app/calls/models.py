@@ -146,9 +146,20 @@ class CallEvent(Base):
     status: Mapped[str | None] = mapped_column(String(32))
     content_type: Mapped[str | None] = mapped_column(String(255))
     raw_body: Mapped[bytes] = mapped_column(LargeBinary)
+    # Whether the event changed the call; false until it is processed.
     applied: Mapped[bool] = mapped_column(Boolean)
     received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), default=func.now()
+    )
+    # Null while a stored callback waits for the applier (app/callbacks/applier.py).
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index(
+            "ix_call_events_unprocessed",
+            "id",
+            postgresql_where=text("processed_at IS NULL"),
+        ),
     )
 
 

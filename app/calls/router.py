@@ -97,7 +97,7 @@ async def list_calls(
     )
     calls, next_cursor = await service.list(filters, limit=limit, cursor=cursor)
     return _json(
-        CallPage(items=[CallOut.from_call(call) for call in calls], next_cursor=next_cursor)
+        CallPage(items=[CallOut.from_state(call) for call in calls], next_cursor=next_cursor)
     )
 
 
@@ -108,7 +108,7 @@ async def list_calls(
     responses=READ_RESPONSES,
 )
 async def get_call(ref: CallRef, request: Request, _: Reader) -> Response:
-    return _json(CallOut.from_call(await _service(request).get(ref)))
+    return _json(CallOut.from_state(await _service(request).get(ref)))
 
 
 @router.get(

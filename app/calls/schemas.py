@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyUrl, BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, field_validator
+from pydantic import (
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    PlainSerializer,
+    UrlConstraints,
+    field_validator,
+)
 
-from app.calls.models import Call, CallEvent
+from app.calls.state import CallState
 
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"], max_length=2048)]
 WebUrl = Annotated[HttpUrl, UrlConstraints(max_length=2048)]
 PhoneNumberText = Annotated[str, Field(min_length=1, max_length=32)]
+# Every time reads in UTC, however it was learnt (Exotel's own are IST).
+UtcDatetime = Annotated[
+    datetime, PlainSerializer(lambda value: value.astimezone(UTC), return_type=datetime)
+]
 # Postgres text cannot hold NUL: refuse it at the edge (422), not in the database (500).
 NO_NUL = r"^[^\x00]*$"
 
@@ -100,10 +113,10 @@ class CallOut(BaseModel):
     caller_id: str
     direction: str | None
     custom_field: str | None
-    created_at: datetime
-    updated_at: datetime
-    start_time: datetime | None
-    end_time: datetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    start_time: UtcDatetime | None
+    end_time: UtcDatetime | None
     duration: int | None
     conversation_duration: int | None
     price: float | None
@@ -116,7 +129,7 @@ class CallOut(BaseModel):
     )
 
     @classmethod
-    def from_call(cls, call: Call) -> CallOut:
+    def from_state(cls, call: CallState) -> CallOut:
         error = None
         if call.error_message is not None or call.error_status is not None:
             error = ExotelErrorOut(
@@ -150,9 +163,7 @@ class CallOut(BaseModel):
                 for leg in call.legs
             ],
             error=error,
-            notify=None
-            if call.notification is None
-            else NotifyOut.model_validate(call.notification),
+            notify=None if call.notify is None else NotifyOut.model_validate(call.notify),
         )
 
 
@@ -176,7 +187,8 @@ class CallEventOut(BaseModel):
     payload: str = Field(description="The body exactly as received (UTF-8; bad bytes replaced)")
 
     @classmethod
-    def from_event(cls, event: CallEvent) -> CallEventOut:
+    def from_event(cls, event: Any) -> CallEventOut:
+        """From a `call_events` row."""
         return cls(
             id=event.id,
             source=event.source,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -21,15 +22,16 @@ from typing import Any
 
 import phonenumbers
 import structlog
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, literal, select, tuple_, union_all
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import joinedload
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.calls.apply import Applied, apply_update, is_terminal
-from app.calls.models import Call, CallEvent, Leg, Notification
+from app.calls import store
+from app.calls.apply import apply_update, is_terminal
 from app.calls.schemas import CallCreate, CallOut
+from app.calls.state import APPLIED_COLUMNS, CallState, LegState
+from app.calls.store import call_events, call_legs, calls
 from app.calls.tokens import CallbackTokens
 from app.config import ApiClient
 from app.errors import Problem, validation_problem
@@ -42,7 +44,7 @@ from app.exotel.client import (
     ExotelRateLimited,
     ExotelRefused,
 )
-from app.exotel.schemas import CallUpdate
+from app.exotel.schemas import ExotelCall
 from app.metrics import record_status_change
 
 log = structlog.get_logger(__name__)
@@ -98,11 +100,11 @@ def to_e164(number: str, default_country: str) -> str | None:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-def call_location(call: Call) -> str:
+def call_location(call: CallState) -> str:
     return f"/calls/{call.sid or call.id}"
 
 
-def encode_cursor(call: Call) -> str:
+def encode_cursor(call: CallState) -> str:
     raw = json.dumps([call.created_at.isoformat(), str(call.id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -118,10 +120,22 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         ) from exc
 
 
+# What a stored call answers an Idempotency-Key replay with, besides its state.
+_REPLAY_COLUMNS = (calls.c.request_fingerprint, calls.c.response_status, calls.c.response_body)
+
+
+@dataclass(frozen=True)
+class NewCall:
+    """A validated request: the row to insert and the pending call it makes."""
+
+    values: dict[str, Any]
+    state: CallState
+
+
 class CallService:
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
         exotel: ExotelClient,
         tokens: CallbackTokens,
         *,
@@ -130,7 +144,9 @@ class CallService:
         default_country: str,
         reconcile_after: timedelta,
     ) -> None:
-        self._sessions = sessions
+        self._engine = engine
+        # Single statements need no BEGIN/COMMIT of their own.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._exotel = exotel
         self._tokens = tokens
         self._public_base_url = public_base_url
@@ -144,22 +160,13 @@ class CallService:
         self, client: ApiClient, request: CallCreate, idempotency_key: str | None
     ) -> tuple[Answer, bool]:
         """Place the call; the boolean says whether the answer is an idempotent replay."""
-        call = self._new_call(client, request, idempotency_key)
-        async with self._sessions() as session:
-            if idempotency_key is not None:
-                existing = await self._by_idempotency_key(session, client, idempotency_key)
-                if existing is not None:
-                    return self._replay(existing, call.request_fingerprint), True
-            session.add(call)
-            try:
-                await session.commit()
-            except IntegrityError:
-                # Another request with the same key committed first.
-                await session.rollback()
+        new = self._new_call(client, request, idempotency_key)
+        async with self._autocommit.connect() as conn:
+            if not await self._insert(conn, new):
+                # Another request with the same key got there first.
                 assert idempotency_key is not None
-                existing = await self._by_idempotency_key(session, client, idempotency_key)
-                assert existing is not None
-                return self._replay(existing, call.request_fingerprint), True
+                return await self._replay(conn, client, idempotency_key, new), True
+        call = new.state
         log.info(
             "call_pending",
             call_id=str(call.id),
@@ -167,9 +174,9 @@ class CallService:
             to_number=mask_number(call.to_number),
         )
         # Shielded: a client that hangs up must not stop us recording Exotel's answer.
-        return await asyncio.shield(self._ask_exotel(call)), False
+        return await asyncio.shield(self._ask_exotel(new)), False
 
-    def _new_call(self, client: ApiClient, request: CallCreate, key: str | None) -> Call:
+    def _new_call(self, client: ApiClient, request: CallCreate, key: str | None) -> NewCall:
         errors = []
         numbers: dict[str, str] = {}
         caller_id = request.caller_id or self._default_caller_id
@@ -191,37 +198,78 @@ class CallService:
         fingerprint = hashlib.sha256(
             json.dumps(fingerprint_source, sort_keys=True).encode()
         ).hexdigest()
-        call_id = uuid.uuid4()
-        return Call(
-            id=call_id,
+        now = datetime.now(UTC)
+        state = CallState(
+            id=uuid.uuid4(),
+            sid=None,
             status="pending",
             from_number=numbers["from"],
             to_number=numbers["to"],
             caller_id=numbers["caller_id"],
-            api_client=client.name,
-            idempotency_key=key,
-            request_fingerprint=fingerprint,
-            legs=[Leg(leg=0, number=numbers["from"]), Leg(leg=1, number=numbers["to"])],
-            next_reconcile_at=datetime.now(UTC) + STALE_PENDING,
-            **options,
+            created_at=now,
+            updated_at=now,
+            custom_field=request.custom_field,
+            notify_url=options["notify_url"],
+            legs=[LegState(0, numbers["from"]), LegState(1, numbers["to"])],
         )
+        values = {
+            **options,
+            "id": state.id,
+            "status": state.status,
+            "from_number": state.from_number,
+            "to_number": state.to_number,
+            "caller_id": state.caller_id,
+            "api_client": client.name,
+            "idempotency_key": key,
+            "request_fingerprint": fingerprint,
+            "created_at": now,
+            "updated_at": now,
+            "next_reconcile_at": now + STALE_PENDING,
+        }
+        return NewCall(values, state)
 
-    async def _by_idempotency_key(
-        self, session: AsyncSession, client: ApiClient, key: str
-    ) -> Call | None:
-        query = select(Call).where(Call.api_client == client.name, Call.idempotency_key == key)
-        return (await session.execute(query)).scalar_one_or_none()
+    @staticmethod
+    async def _insert(conn: AsyncConnection, new: NewCall) -> bool:
+        """Commit the pending call and its legs (1 round trip); False if the key is taken."""
+        inserted = (
+            insert(calls)
+            .values(new.values)
+            .on_conflict_do_nothing(
+                index_elements=[calls.c.api_client, calls.c.idempotency_key],
+                index_where=calls.c.idempotency_key.is_not(None),
+            )
+            .returning(calls.c.id)
+            .cte("inserted")
+        )
+        legs = union_all(
+            *(
+                select(inserted.c.id, literal(leg.leg), literal(leg.number))
+                for leg in new.state.legs
+            )
+        )
+        statement = (
+            insert(call_legs)
+            .from_select(["call_id", "leg", "number"], legs)
+            .returning(call_legs.c.call_id)
+        )
+        return (await conn.execute(statement)).first() is not None
 
-    def _replay(self, call: Call, fingerprint: str | None) -> Answer:
-        if call.request_fingerprint != fingerprint:
+    async def _replay(
+        self, conn: AsyncConnection, client: ApiClient, key: str, new: NewCall
+    ) -> Answer:
+        query = store.call_query().add_columns(*_REPLAY_COLUMNS)
+        where = and_(calls.c.api_client == client.name, calls.c.idempotency_key == key)
+        row = (await conn.execute(query.where(where))).one()
+        if row.request_fingerprint != new.values["request_fingerprint"]:
             raise Problem(
                 422,
                 "idempotency-key-reused",
-                "This Idempotency-Key was already used with a different request body",
+                "This Idempotency-Key was used with another request body",
             )
-        if call.response_status is not None and call.response_body is not None:
-            headers = {"Location": call_location(call)} if call.response_status == 201 else {}
-            return Answer(call.response_status, call.response_body, headers)
+        call = store.state_from_row(row)
+        if row.response_status is not None and row.response_body is not None:
+            headers = {"Location": call_location(call)} if row.response_status == 201 else {}
+            return Answer(row.response_status, row.response_body, headers)
         if call.status == "pending":
             raise Problem(
                 409,
@@ -231,78 +279,139 @@ class CallService:
             )
         return self._current_answer(call)
 
-    def _current_answer(self, call: Call) -> Answer:
+    def _current_answer(self, call: CallState) -> Answer:
         """The answer for a call whose request got no answer of its own from Exotel."""
         if call.sid is not None:
             return Answer(201, self.resource(call), {"Location": call_location(call)})
         return self._unknown_answer(call)
 
-    async def _ask_exotel(self, call: Call) -> Answer:
+    async def _ask_exotel(self, new: NewCall) -> Answer:
+        values = new.values
         request = ConnectRequest(
-            from_number=call.from_number,
-            to_number=call.to_number,
-            caller_id=call.caller_id,
-            status_callback=self.status_callback_url(call.id),
-            call_type=call.call_type,
-            time_limit=call.time_limit,
-            time_out=call.time_out,
-            wait_url=call.wait_url,
-            record=call.record,
-            recording_channels=call.recording_channels,
-            recording_format=call.recording_format,
-            custom_field=call.custom_field,
-            start_playback_to=EXOTEL_VALUES.get(call.start_playback_to or ""),
-            start_playback_value=call.start_playback_value,
-            stream_url=call.stream_url,
-            stream_begin=EXOTEL_VALUES.get(call.stream_begin or ""),
+            from_number=values["from_number"],
+            to_number=values["to_number"],
+            caller_id=values["caller_id"],
+            status_callback=self.status_callback_url(new.state.id),
+            call_type=values["call_type"],
+            time_limit=values["time_limit"],
+            time_out=values["time_out"],
+            wait_url=values["wait_url"],
+            record=values["record"],
+            recording_channels=values["recording_channels"],
+            recording_format=values["recording_format"],
+            custom_field=values["custom_field"],
+            start_playback_to=EXOTEL_VALUES.get(values["start_playback_to"] or ""),
+            start_playback_value=values["start_playback_value"],
+            stream_url=values["stream_url"],
+            stream_begin=EXOTEL_VALUES.get(values["stream_begin"] or ""),
         )
         try:
             exotel_call = await self._exotel.connect(request)
         except ExotelError as exc:
-            return await self._record_failure(call.id, exc)
-
-        async with self._sessions() as session, session.begin():
-            stored = await self.lock(session, call.id)
-            if (await self.apply(session, stored, exotel_call.to_update())).changed:
-                # Read back as stored (times in the database's form, the notification).
-                await session.refresh(stored)
-            if not is_terminal(stored.status):
-                stored.next_reconcile_at = stored.created_at + self._reconcile_after
-            answer = Answer(201, self.resource(stored), {"Location": call_location(stored)})
-            stored.response_status, stored.response_body = answer.status, answer.body
-        log.info("call_placed", call_id=str(call.id), sid=exotel_call.sid, status=stored.status)
+            return await self._record_failure(new.state, exc)
+        answer = await self._record_placed(new.state, exotel_call)
+        log.info("call_placed", call_id=str(new.state.id), sid=exotel_call.sid)
         return answer
 
-    async def _record_failure(self, call_id: uuid.UUID, exc: ExotelError) -> Answer:
-        async with self._sessions() as session, session.begin():
-            call = await self.lock(session, call_id)
-            if call.status != "pending" or call.sid is not None:
-                # Settled while we waited: a callback naming this call got here first, or
-                # the reconciler stopped waiting for us. What they found stands.
-                return self._current_answer(call)
-            call.error_status = exc.status
-            call.error_code = None if exc.code is None else str(exc.code)
-            call.error_message = exc.message
-            if isinstance(exc, ExotelOutcomeUnknown):
-                call.status = "unknown"
-                call.next_reconcile_at = datetime.now(UTC) + UNKNOWN_GRACE
-                log.warning("call_outcome_unknown", call_id=str(call.id), reason=exc.message)
-                return self._unknown_answer(call)
+    async def _record_placed(self, pending: CallState, exotel_call: ExotelCall) -> Answer:
+        """Apply Exotel's answer and keep the answer for replays: 1 round trip, normally.
+
+        The pending call is still in memory; unless a callback or the reconciler changed
+        the row meanwhile (then the row is locked, read and applied as usual), the
+        outcome is computed here and written with one conditional UPDATE.
+        """
+        update = exotel_call.to_update()
+        call = dataclasses.replace(pending, legs=list(pending.legs))
+        applied = apply_update(call, update)
+        if not update.legs and not applied.became_terminal:
+            call.updated_at = datetime.now(UTC)
+            answer = Answer(201, self.resource(call), {"Location": call_location(call)})
+            written = await self._write_if_untouched(
+                pending,
+                {
+                    **{name: getattr(call, name) for name in APPLIED_COLUMNS},
+                    "updated_at": call.updated_at,
+                    "next_reconcile_at": call.created_at + self._reconcile_after,
+                    "response_status": answer.status,
+                    "response_body": answer.body,
+                },
+            )
+            if written:
+                record_status_change(pending.status, call.status)
+                return answer
+        async with self._engine.begin() as conn:
+            [call] = (await store.lock(conn, [pending.id])).values()
+            applied = apply_update(call, update)
+            await store.save_applied(conn, [(call, applied)])
+            answer = Answer(201, self.resource(call), {"Location": call_location(call)})
+            values: dict[str, Any] = {
+                "response_status": answer.status,
+                "response_body": answer.body,
+            }
+            if not is_terminal(call.status):
+                values["next_reconcile_at"] = call.created_at + self._reconcile_after
+            await conn.execute(calls.update().where(calls.c.id == call.id).values(values))
+        return answer
+
+    async def _write_if_untouched(self, pending: CallState, values: dict[str, Any]) -> bool:
+        """Write `values` if the row is still as `pending` says (1 round trip)."""
+        async with self._autocommit.connect() as conn:
+            written = await conn.execute(
+                calls.update()
+                .where(
+                    calls.c.id == pending.id,
+                    calls.c.status == "pending",
+                    calls.c.sid.is_(None),
+                    calls.c.updated_at == pending.updated_at,
+                )
+                .values(values)
+                .returning(calls.c.id)
+            )
+            return written.first() is not None
+
+    async def _record_failure(self, pending: CallState, exc: ExotelError) -> Answer:
+        call = dataclasses.replace(
+            pending,
+            error_status=exc.status,
+            error_code=None if exc.code is None else str(exc.code),
+            error_message=exc.message,
+            updated_at=datetime.now(UTC),
+        )
+        values: dict[str, Any] = {
+            "error_status": call.error_status,
+            "error_code": call.error_code,
+            "error_message": call.error_message,
+            "updated_at": call.updated_at,
+        }
+        if isinstance(exc, ExotelOutcomeUnknown):
+            call.status = "unknown"
+            answer = self._unknown_answer(call)
+            values |= {"status": "unknown", "next_reconcile_at": call.updated_at + UNKNOWN_GRACE}
+            log.warning("call_outcome_unknown", call_id=str(call.id), reason=exc.message)
+        else:
             call.status = "failed"
-            call.next_reconcile_at = None
             answer = self._failure_answer(call, exc)
+            values |= {"status": "failed", "next_reconcile_at": None}
             if isinstance(exc, ExotelRefused):
                 # A refusal is final: replay it. Anything else may succeed if retried
                 # later, so the key is released for that retry.
-                call.response_status, call.response_body = answer.status, answer.body
+                values |= {"response_status": answer.status, "response_body": answer.body}
             else:
-                call.idempotency_key = None
-        log.warning(
-            "call_not_placed", call_id=str(call_id), exotel_status=exc.status, reason=exc.message
-        )
-        return answer
+                values["idempotency_key"] = None
+            log.warning(
+                "call_not_placed",
+                call_id=str(call.id),
+                exotel_status=exc.status,
+                reason=exc.message,
+            )
+        if await self._write_if_untouched(pending, values):
+            record_status_change(pending.status, call.status)
+            return answer
+        # Settled while we waited: a callback naming this call got here first, or the
+        # reconciler stopped waiting for us. What they found stands.
+        return self._current_answer(await self._read(calls.c.id == pending.id))
 
-    def _failure_answer(self, call: Call, exc: ExotelError) -> Answer:
+    def _failure_answer(self, call: CallState, exc: ExotelError) -> Answer:
         extra = {"id": str(call.id), "exotel_code": call.error_code}
         if isinstance(exc, ExotelRefused):
             problem = Problem(422, "exotel-refused", exc.message, extra=extra)
@@ -322,7 +431,7 @@ class CallService:
             problem = Problem(502, "exotel-unavailable", exc.message, extra=extra)
         return Answer(problem.status, problem.body(), problem.headers)
 
-    def _unknown_answer(self, call: Call) -> Answer:
+    def _unknown_answer(self, call: CallState) -> Answer:
         problem = Problem(
             504,
             "exotel-outcome-unknown",
@@ -335,79 +444,58 @@ class CallService:
     def status_callback_url(self, call_id: uuid.UUID) -> str:
         return f"{self._public_base_url}/callbacks/exotel?token={self._tokens.for_call(call_id)}"
 
-    # -- updating -------------------------------------------------------------------
-
-    @staticmethod
-    async def lock(session: AsyncSession, call_id: uuid.UUID) -> Call:
-        query = select(Call).where(Call.id == call_id).with_for_update()
-        return (await session.execute(query)).scalar_one()
-
-    @staticmethod
-    async def apply(session: AsyncSession, call: Call, update: CallUpdate) -> Applied:
-        """Apply what Exotel said to a locked call, within the caller's transaction.
-
-        A call that finishes here gets its one `call.finished` notification in the same
-        transaction (the outbox the relay delivers from), and needs no reconciling.
-        """
-        applied = apply_update(call, update)
-        if applied.became_terminal:
-            call.next_reconcile_at = None
-        if applied.changed:
-            record_status_change(applied.previous_status, applied.status)
-            await session.flush()
-            if applied.became_terminal and call.notify_url is not None:
-                await session.execute(
-                    insert(Notification)
-                    .values(id=f"msg_{uuid.uuid4().hex}", call_id=call.id, url=call.notify_url)
-                    .on_conflict_do_nothing(index_elements=[Notification.call_id])
-                )
-        return applied
-
     # -- reading --------------------------------------------------------------------
 
     @staticmethod
-    def resource(call: Call) -> dict[str, Any]:
-        return CallOut.from_call(call).model_dump(mode="json", by_alias=True)
+    def resource(call: CallState) -> dict[str, Any]:
+        return CallOut.from_state(call).model_dump(mode="json", by_alias=True)
 
-    async def get(self, ref: str) -> Call:
-        query = select(Call).where(Call.sid == ref)
+    async def _read(self, where: ColumnElement[bool]) -> CallState:
+        async with self._autocommit.connect() as conn:
+            call = await store.read(conn, where)
+        assert call is not None
+        return call
+
+    async def get(self, ref: str) -> CallState:
+        """A call by its Exotel Sid or its id (1 round trip)."""
+        where: ColumnElement[bool] = calls.c.sid == ref
         with contextlib.suppress(ValueError):
-            query = select(Call).where((Call.sid == ref) | (Call.id == uuid.UUID(ref)))
-        # One statement, where lazy="selectin" would send three (call, legs, notification).
-        query = query.options(joinedload(Call.legs), joinedload(Call.notification)).limit(1)
-        async with self._sessions() as session:
-            call = (await session.execute(query)).unique().scalar_one_or_none()
+            where = (calls.c.sid == ref) | (calls.c.id == uuid.UUID(ref))
+        async with self._autocommit.connect() as conn:
+            call = await store.read(conn, where)
         if call is None:
             raise Problem(404, "call-not-found", f"No call has the sid or id {ref!r}")
         return call
 
-    async def events(self, ref: str) -> list[CallEvent]:
-        """What Exotel said about the call, in the order it was applied."""
+    async def events(self, ref: str) -> list[Row[Any]]:
+        """What Exotel said about the call, in the order it was received."""
         call = await self.get(ref)
-        query = select(CallEvent).where(CallEvent.call_id == call.id).order_by(CallEvent.id)
-        async with self._sessions() as session:
-            return list((await session.scalars(query)).all())
+        query = (
+            select(call_events).where(call_events.c.call_id == call.id).order_by(call_events.c.id)
+        )
+        async with self._autocommit.connect() as conn:
+            return list((await conn.execute(query)).all())
 
     async def list(
         self, filters: CallFilters, *, limit: int, cursor: str | None
-    ) -> tuple[list[Call], str | None]:
+    ) -> tuple[list[CallState], str | None]:
         query = self._filtered(filters)
         if cursor is not None:
             created_at, call_id = decode_cursor(cursor)
-            query = query.where(tuple_(Call.created_at, Call.id) < (created_at, call_id))
-        query = query.order_by(Call.created_at.desc(), Call.id.desc()).limit(limit + 1)
-        async with self._sessions() as session:
-            calls = list((await session.scalars(query)).all())
-        if len(calls) <= limit:
-            return calls, None
-        return calls[:limit], encode_cursor(calls[limit - 1])
+            query = query.where(tuple_(calls.c.created_at, calls.c.id) < (created_at, call_id))
+        query = query.order_by(calls.c.created_at.desc(), calls.c.id.desc()).limit(limit + 1)
+        async with self._autocommit.connect() as conn:
+            found = [store.state_from_row(row) for row in await conn.execute(query)]
+        if len(found) <= limit:
+            return found, None
+        return found[:limit], encode_cursor(found[limit - 1])
 
-    def _filtered(self, filters: CallFilters) -> Select[Call]:
-        query = select(Call)
+    def _filtered(self, filters: CallFilters) -> Select[Any]:
+        query = store.call_query()
         errors = []
         for name, column, value in (
-            ("from", Call.from_number, filters.from_number),
-            ("to", Call.to_number, filters.to_number),
+            ("from", calls.c.from_number, filters.from_number),
+            ("to", calls.c.to_number, filters.to_number),
         ):
             if value is None:
                 continue
@@ -418,11 +506,11 @@ class CallService:
         if errors:
             raise validation_problem(errors)
         if filters.status is not None:
-            query = query.where(Call.status == filters.status)
+            query = query.where(calls.c.status == filters.status)
         if filters.custom_field is not None:
-            query = query.where(Call.custom_field == filters.custom_field)
+            query = query.where(calls.c.custom_field == filters.custom_field)
         if filters.created_after is not None:
-            query = query.where(Call.created_at >= filters.created_after)
+            query = query.where(calls.c.created_at >= filters.created_after)
         if filters.created_before is not None:
-            query = query.where(Call.created_at < filters.created_before)
+            query = query.where(calls.c.created_at < filters.created_before)
         return query

@@ -14,7 +14,7 @@ stores the call:
   the call, and its Idempotency-Key is released so that a retry may place it.
 
 What Exotel answers is stored as a `reconcile` event and applied through
-CallService.apply, under the same rules as callbacks. A look that does not settle
+`apply_update`, under the same rules as callbacks. A look that does not settle
 the call schedules the next one RECONCILE_INTERVAL_S * 2**(looks - 1) later, at most
 an hour; after RECONCILE_GIVE_UP_S from creation the call is left as it is, and
 logged. Reconciliation never places a call, and a backlog of due calls takes about a
@@ -35,13 +35,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.calls.apply import Applied, is_terminal
-from app.calls.models import Call, CallEvent
-from app.calls.service import CallService, mask_number, to_e164
+from app.calls import store
+from app.calls.apply import Applied, apply_update, is_terminal
+from app.calls.models import Call
+from app.calls.service import mask_number, to_e164
+from app.calls.state import CallState
 from app.config import Settings
 from app.exotel.client import CallDetails, ExotelClient, ExotelError, exotel_time
 from app.exotel.schemas import CallUpdate, ExotelCall
@@ -206,7 +208,7 @@ class Reconciler:
             await self._reschedule(due)
             return "sid_not_found"
         async with self._sessions() as session, session.begin():
-            call = await CallService.lock(session, due.id)
+            call = await _lock(session, due.id)
             applied = await _apply(session, call, details)
             await self._schedule_next(session, due, call)
         return _outcome(applied)
@@ -262,7 +264,7 @@ class Reconciler:
             return "sid_not_found"
         try:
             async with self._sessions() as session, session.begin():
-                call = await CallService.lock(session, due.id)
+                call = await _lock(session, due.id)
                 if call.sid is not None:
                     # A callback or the connect answer named the Sid meanwhile.
                     await self._schedule_next(session, due, call)
@@ -278,7 +280,7 @@ class Reconciler:
 
     async def _fail_not_placed(self, due: _Due, listed: list[ExotelCall]) -> str:
         async with self._sessions() as session, session.begin():
-            call = await CallService.lock(session, due.id)
+            call = await _lock(session, due.id)
             if call.sid is not None or call.status not in UNRESOLVED:
                 await self._schedule_next(session, due, call)
                 return "settled_meanwhile"
@@ -288,14 +290,23 @@ class Reconciler:
             )
             # Our conclusion rather than an Exotel message: what was searched and seen.
             record = {"To": due.to_number, "DateCreated": window, "Listed": [c.sid for c in listed]}
-            event = _event(call.id, None, "not_found", "failed", json.dumps(record).encode())
-            session.add(event)
-            call.error_status = call.error_code = None
-            call.error_message = NOT_PLACED
-            applied = await CallService.apply(session, call, CallUpdate(status="failed"))
-            event.applied = applied.changed
+            applied = apply_update(call, CallUpdate(status="failed"))
+            await store.save_applied(await session.connection(), [(call, applied)])
+            await _store_event(
+                session, call.id, None, "not_found", "failed", json.dumps(record).encode(), applied
+            )
             # Like any failure a retry may cure (see CallService), the key is released.
-            call.idempotency_key = None
+            await session.execute(
+                update(Call)
+                .where(Call.id == call.id)
+                .values(
+                    error_status=None,
+                    error_code=None,
+                    error_message=NOT_PLACED,
+                    idempotency_key=None,
+                    updated_at=Call.updated_at,
+                )
+            )
         log.warning("reconcile_not_placed", call_id=str(due.id))
         return "not_placed"
 
@@ -307,7 +318,12 @@ class Reconciler:
             await _schedule(session, due.id, self._next_look(due))
 
     async def _schedule_next(
-        self, session: AsyncSession, due: _Due, call: Call, *, not_before: datetime | None = None
+        self,
+        session: AsyncSession,
+        due: _Due,
+        call: CallState,
+        *,
+        not_before: datetime | None = None,
     ) -> None:
         next_look = None
         if not is_terminal(call.status):
@@ -344,28 +360,48 @@ async def _unclaimed(session: AsyncSession, matches: list[ExotelCall]) -> list[E
     return [match for match in matches if match.sid not in claimed]
 
 
-async def _apply(session: AsyncSession, call: Call, details: CallDetails) -> Applied:
-    """Store Exotel's answer as an event, then apply it; the event says if it changed the call."""
-    event = _event(call.id, details.call.sid, "call_details", details.call.status, details.raw)
-    session.add(event)
-    await session.flush()
-    applied = await CallService.apply(session, call, details.call.to_update())
-    event.applied = applied.changed
+async def _lock(session: AsyncSession, call_id: uuid.UUID) -> CallState:
+    [call] = (await store.lock(await session.connection(), [call_id])).values()
+    return call
+
+
+async def _apply(session: AsyncSession, call: CallState, details: CallDetails) -> Applied:
+    """Apply Exotel's answer and store it as an event that says whether it changed the call."""
+    applied = apply_update(call, details.call.to_update())
+    await store.save_applied(await session.connection(), [(call, applied)])
+    await _store_event(
+        session,
+        call.id,
+        details.call.sid,
+        "call_details",
+        details.call.status,
+        details.raw,
+        applied,
+    )
     return applied
 
 
-def _event(
-    call_id: uuid.UUID, sid: str | None, event_type: str, status: str | None, raw_body: bytes
-) -> CallEvent:
-    return CallEvent(
-        call_id=call_id,
-        call_sid=sid,
-        source="reconcile",
-        event_type=event_type,
-        status=status,
-        content_type="application/json",
-        raw_body=raw_body,
-        applied=False,
+async def _store_event(
+    session: AsyncSession,
+    call_id: uuid.UUID,
+    sid: str | None,
+    event_type: str,
+    status: str | None,
+    raw_body: bytes,
+    applied: Applied,
+) -> None:
+    await session.execute(
+        insert(store.call_events).values(
+            call_id=call_id,
+            call_sid=sid,
+            source="reconcile",
+            event_type=event_type,
+            status=status,
+            content_type="application/json",
+            raw_body=raw_body,
+            applied=applied.changed,
+            processed_at=func.now(),
+        )
     )
 
 

@@ -1,6 +1,6 @@
 """The relay: tells each finished call's notify_url, signed the Standard Webhooks way.
 
-CallService.apply writes one `notifications` row (the outbox) in the transaction that
+`store.save_applied` writes one `notifications` row (the outbox) in the transaction that
 finishes a call with a notify_url. The relay polls for due rows every
 NOTIFY_POLL_INTERVAL_S and POSTs `{"type": "call.finished", "timestamp", "data"}`,
 `data` being the call resource as it is at delivery, with the `webhook-id` (the row's
@@ -32,7 +32,8 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
-from app.calls.models import Call, Notification
+from app.calls import store
+from app.calls.models import Notification
 from app.calls.service import CallService
 from app.config import Settings
 from app.metrics import RELAY_FAILURES
@@ -114,10 +115,10 @@ class Relay:
                 row.attempts += 1
                 row.next_attempt_at = lease_end
             await session.flush()
-            calls = await session.scalars(
-                select(Call).where(Call.id.in_([r.call_id for r in rows]))
+            found = await session.execute(
+                store.call_query().where(store.calls.c.id.in_([r.call_id for r in rows]))
             )
-            resources = {call.id: CallService.resource(call) for call in calls}
+            resources = {row.id: CallService.resource(store.state_from_row(row)) for row in found}
         return [
             _Claimed(
                 id=row.id,

@@ -8,9 +8,9 @@ import structlog
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.calls.models import Call, Notification
+from app.calls.models import Call, CallEvent, Notification
 from app.errors import DATABASE_DOWN_ERRORS, database_unavailable
-from app.metrics import RECONCILE_BACKLOG, RELAY_QUEUE_DEPTH
+from app.metrics import CALLBACK_BACKLOG, RECONCILE_BACKLOG, RELAY_QUEUE_DEPTH
 
 log = structlog.get_logger(__name__)
 
@@ -33,15 +33,18 @@ class OpsService:
             raise database_unavailable() from exc
 
     async def refresh_gauges(self) -> None:
-        """Count the relay queue and the reconciler's backlog (both read partial indexes)."""
+        """Count the relay queue and the jobs' backlogs (each reads a partial index)."""
         relay_queue = select(func.count()).where(Notification.status == "pending")
         backlog = select(func.count()).where(Call.next_reconcile_at <= func.now())
+        callbacks = select(func.count()).where(CallEvent.processed_at.is_(None))
         try:
             async with asyncio.timeout(GAUGES_TIMEOUT_S), self._sessions() as session:
                 RELAY_QUEUE_DEPTH.set(await session.scalar(relay_queue) or 0)
                 RECONCILE_BACKLOG.set(await session.scalar(backlog) or 0)
+                CALLBACK_BACKLOG.set(await session.scalar(callbacks) or 0)
         except (TimeoutError, *DATABASE_DOWN_ERRORS) as exc:
             # Unknown, not stale: a last value would look current on a dashboard.
             RELAY_QUEUE_DEPTH.set(float("nan"))
             RECONCILE_BACKLOG.set(float("nan"))
+            CALLBACK_BACKLOG.set(float("nan"))
             log.warning("gauges_not_refreshed", error=type(exc).__name__)

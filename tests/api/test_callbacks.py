@@ -226,7 +226,9 @@ async def test_terminal_callback_committed_before_the_connect_answer(
     assert [(c["status"], c["sid"]) for c in seen_while_pending] == [("pending", None)]
     assert delivered[0].status_code == 200
     assert response.status_code == 201
-    assert response.json()["status"] == "no-answer"
+    # The answer may or may not show the callback yet (it is applied in the background);
+    # the call ends as the callback says.
+    assert response.json()["sid"] == SID
     stored = await read_call(client, SID)
     assert stored["status"] == "no-answer"
     assert stored["recording_url"] is not None
@@ -396,7 +398,7 @@ async def test_a_token_for_a_call_that_is_not_stored_is_404(
         (JSON_SAMPLE, None, 415, "unsupported-media-type"),
     ],
 )
-async def test_bodies_that_are_not_callbacks_are_refused_and_not_stored(
+async def test_bodies_that_are_not_callbacks_are_refused_stored_and_not_applied(
     client: httpx.AsyncClient,
     exotel: respx.MockRouter,
     exotel_side: httpx.AsyncClient,
@@ -413,7 +415,10 @@ async def test_bodies_that_are_not_callbacks_are_refused_and_not_stored(
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
     assert slug in response.json()["type"]
-    await assert_nothing_changed(client, [call])
+    assert await read_call(client, call["id"]) == call
+    # Kept as received, for whoever has to find out what was sent.
+    [event] = await call_events(client, call["id"])
+    assert (event["payload"].encode(), event["applied"]) == (content, False)
 
 
 async def test_a_missing_call_sid_is_named(
@@ -512,8 +517,9 @@ async def test_logs_show_neither_tokens_nor_full_numbers(
     await exotel_side.post(with_token(url, token[:-1]), json=callback())
     await exotel_side.post(url, json=callback(CallSid=OTHER_SID))
 
-    assert "callback_received" in caplog.text
+    await client.get(f"/calls/{call['id']}")  # once the applier is through
     assert "callback_not_applied" in caplog.text
+    assert "callback_sid_mismatch" in caplog.text
     for secret in (token, token.split(".")[1], call["from"], call["to"]):
         assert secret not in caplog.text
 
@@ -533,20 +539,26 @@ async def test_the_callback_route_is_documented(client: httpx.AsyncClient) -> No
 async def test_callback_outcomes_are_counted_in_metrics(
     client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
 ) -> None:
-    async def counted(outcome: str) -> float:
+    async def counted(metric: str, outcome: str) -> float:
         metrics = (await client.get("/metrics")).text
-        prefix = f'callbridge_callbacks_total{{outcome="{outcome}"}} '
+        prefix = f'{metric}{{outcome="{outcome}"}} '
         lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
         return float(lines[0].removeprefix(prefix)) if lines else 0.0
 
+    received, applied = "callbridge_callbacks_total", "callbridge_callbacks_applied_total"
     _, url = await place_call(client, exotel)
-    before = {name: await counted(name) for name in ("applied", "unchanged")}
-    before_forged = await counted("callback-token-invalid")
+    before = {
+        "stored": await counted(received, "stored"),
+        "forged": await counted(received, "callback-token-invalid"),
+        "applied": await counted(applied, "applied"),
+        "unchanged": await counted(applied, "unchanged"),
+    }
 
     await exotel_side.post(url, json=callback())
     await exotel_side.post(url, json=callback())
     await exotel_side.post(with_token(url, "not-a-token"), json=callback())
 
-    assert await counted("applied") == before["applied"] + 1
-    assert await counted("unchanged") == before["unchanged"] + 1
-    assert await counted("callback-token-invalid") == before_forged + 1
+    assert await counted(received, "stored") == before["stored"] + 2
+    assert await counted(received, "callback-token-invalid") == before["forged"] + 1
+    assert await counted(applied, "applied") == before["applied"] + 1
+    assert await counted(applied, "unchanged") == before["unchanged"] + 1

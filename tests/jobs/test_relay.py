@@ -15,8 +15,9 @@ import respx
 from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
+from app.calls import store
+from app.calls.apply import apply_update
 from app.calls.models import Notification
-from app.calls.service import CallService
 from app.config import Settings
 from app.exotel.schemas import CallUpdate
 from app.jobs.runner import notify_secret
@@ -41,9 +42,9 @@ async def place(running: RunningApp, exotel: respx.MockRouter, notify_url: str) 
 
 async def apply(running: RunningApp, call_id: str, update: CallUpdate) -> None:
     """What a status callback does to the call (and the reconciler, through the same path)."""
-    async with running.app.state.sessions() as session, session.begin():
-        call = await CallService.lock(session, uuid.UUID(call_id))
-        await CallService.apply(session, call, update)
+    async with running.app.state.engine.begin() as conn:
+        [call] = (await store.lock(conn, [uuid.UUID(call_id)])).values()
+        await store.save_applied(conn, [(call, apply_update(call, update))])
 
 
 async def notify_state(running: RunningApp, call_id: str) -> dict[str, Any] | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from app.calls.apply import apply_update
-from app.calls.models import Call, Leg
+from app.calls.state import CallState, LegState
 from app.exotel.schemas import CallUpdate, LegUpdate
 
 IST = ZoneInfo("Asia/Kolkata")
@@ -16,13 +18,17 @@ ENDED = CREATED + timedelta(seconds=37)
 RECORDING = f"https://recordings.example.com/{SID}.mp3"
 
 
-def pending_call() -> Call:
-    return Call(
+def pending_call() -> CallState:
+    return CallState(
+        id=uuid.uuid4(),
+        sid=None,
         status="pending",
         from_number="+919876543210",
         to_number="+919123456789",
         caller_id="+918047112233",
-        legs=[Leg(leg=0, number="+919876543210"), Leg(leg=1, number="+919123456789")],
+        created_at=CREATED,
+        updated_at=CREATED,
+        legs=[LegState(leg=0, number="+919876543210"), LegState(leg=1, number="+919123456789")],
     )
 
 
@@ -54,10 +60,8 @@ def terminal(**changes: object) -> CallUpdate:
     return CallUpdate.model_validate(values | changes)
 
 
-def snapshot(call: Call) -> dict[str, object]:
-    columns = {column.key: getattr(call, column.key) for column in Call.__table__.columns}
-    legs = [(leg.leg, leg.number, leg.status, leg.on_call_duration) for leg in call.legs]
-    return {**columns, "legs": legs}
+def snapshot(call: CallState) -> dict[str, object]:
+    return dataclasses.asdict(call)
 
 
 def test_connect_answer_moves_a_pending_call_on() -> None:

@@ -1,0 +1,211 @@
+"""The applier: applies stored status callbacks to their calls, in batches, in order.
+
+`POST /callbacks/exotel` only stores a callback (app/callbacks/service.py) and NOTIFYs;
+this loop, running in every API process and in the worker, wakes on that notification
+(or every POLL_INTERVAL_S, should one be missed), and applies what waits:
+
+1. lock, with SKIP LOCKED, the calls of the oldest waiting events (replicas share the
+   work: each takes calls no other holds), in id order;
+2. read those calls' waiting events, oldest first, parse each again from its raw body
+   and run `apply_update`, the rules every message from Exotel goes through;
+3. write the calls, their legs, the events' `processed_at`/`applied` and the outbox rows
+   back in a few statements, and commit.
+
+A crash mid-batch rolls it all back: the events wait for the next run. If the database
+refuses a value, the batch is retried one event at a time, and only the refused event
+is set aside (processed, not applied): one bad callback never holds up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import psycopg
+import structlog
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.callbacks.service import CALLBACKS_CHANNEL
+from app.calls import store
+from app.calls.apply import Applied, apply_update
+from app.calls.state import CallState
+from app.exotel.callbacks import CallbackError, parse_callback
+from app.metrics import CALLBACK_APPLY_LAG, CALLBACKS_APPLIED
+
+log = structlog.get_logger(__name__)
+
+BATCH = 200
+# Notifications wake the applier at once; this is the fallback for a missed one.
+POLL_INTERVAL_S = 1.0
+# After an error of our own (the database is away, say), before trying again.
+ERROR_PAUSE_S = 2.0
+
+events = store.call_events
+WAITING = events.c.processed_at.is_(None)
+
+
+class CallbackApplier:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Apply what waits whenever woken, until `stopping` is set."""
+        wake = asyncio.Event()
+        listener = asyncio.create_task(self._listen(wake), name="callback-listener")
+        stopper = asyncio.create_task(_set_when(stopping, wake))
+        try:
+            while not stopping.is_set():
+                wake.clear()
+                pause_s = POLL_INTERVAL_S
+                try:
+                    while await self.apply_pending() == BATCH and not stopping.is_set():
+                        pass
+                except Exception:
+                    log.exception("callback_apply_failed")
+                    pause_s = ERROR_PAUSE_S
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause_s):
+                        await wake.wait()
+        finally:
+            for task in (listener, stopper):
+                task.cancel()
+            await asyncio.gather(listener, stopper, return_exceptions=True)
+
+    async def _listen(self, wake: asyncio.Event) -> None:
+        """Set `wake` on every notification of a stored callback; reconnect when cut off."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5
+                ) as conn:
+                    await conn.execute(f"LISTEN {CALLBACKS_CHANNEL}")
+                    wake.set()  # whatever arrived while we were not listening
+                    async for _ in conn.notifies():
+                        wake.set()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("callback_listener_lost", error=type(exc).__name__)
+                await asyncio.sleep(ERROR_PAUSE_S)
+
+    async def apply_pending(self) -> int:
+        """Apply up to about BATCH waiting callbacks; return how many were processed."""
+        try:
+            async with self._engine.begin() as conn:
+                return await self._apply(conn, WAITING)
+        except (DataError, IntegrityError) as exc:
+            log.warning("callback_batch_refused", reason=str(exc.orig))
+            return await self._apply_one_at_a_time()
+
+    async def _apply_one_at_a_time(self) -> int:
+        async with self._engine.connect() as conn:
+            waiting = (
+                await conn.scalars(
+                    select(events.c.id).where(WAITING).order_by(events.c.id).limit(BATCH)
+                )
+            ).all()
+        for event_id in waiting:
+            try:
+                async with self._engine.begin() as conn:
+                    await self._apply(conn, WAITING & (events.c.id == event_id))
+            except (DataError, IntegrityError) as exc:
+                # The database's own message only: SQLAlchemy's would show the statement's
+                # parameters, and with them the legs' phone numbers.
+                log.error("callback_not_applied", event_id=event_id, reason=str(exc.orig))
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        events.update()
+                        .where(events.c.id == event_id)
+                        .values(processed_at=func.now(), applied=False)
+                    )
+        return len(waiting)
+
+    async def _apply(self, conn: AsyncConnection, which: ColumnElement[bool]) -> int:
+        """Apply the events `which` selects, of calls no other applier holds (~7 round trips)."""
+        oldest = select(events.c.call_id).where(which).order_by(events.c.id).limit(BATCH)
+        calls = await store.lock(conn, oldest, skip_locked=True)
+        if not calls:
+            return 0
+        rows = (
+            await conn.execute(
+                select(
+                    events.c.id,
+                    events.c.call_id,
+                    events.c.raw_body,
+                    events.c.content_type,
+                    events.c.received_at,
+                )
+                .where(which, events.c.call_id.in_(list(calls)))
+                .order_by(events.c.id)
+            )
+        ).all()
+        statuses_before = {call_id: call.status for call_id, call in calls.items()}
+        changed_calls: set[uuid.UUID] = set()
+        changed_events: list[int] = []
+        for row in rows:
+            call = calls[row.call_id]
+            if await _apply_event(call, row.raw_body, row.content_type):
+                changed_calls.add(call.id)
+                changed_events.append(row.id)
+        await store.save_applied(
+            conn,
+            [
+                (call, _applied(statuses_before[call.id], call, call.id in changed_calls))
+                for call in calls.values()
+            ],
+        )
+        await conn.execute(
+            events.update()
+            .where(store.ids_in(events.c.id, [row.id for row in rows]))
+            .values(
+                processed_at=func.now(),
+                applied=store.ids_in(events.c.id, changed_events),
+            )
+        )
+        _observe(rows, len(changed_events))
+        return len(rows)
+
+
+async def _apply_event(call: CallState, raw_body: bytes, content_type: str | None) -> bool:
+    """Apply one stored callback to its call; True if it changed it."""
+    try:
+        callback = await parse_callback(raw_body, content_type)
+    except CallbackError:
+        return False  # the parser changed since it was stored, and now refuses it
+    return apply_update(call, callback.to_update()).changed
+
+
+def _applied(status_before: str, call: CallState, changed: bool) -> Applied:
+    return Applied(changed=changed, previous_status=status_before, status=call.status)
+
+
+def _observe(rows: Sequence[object], changed: int) -> None:
+    now = datetime.now(UTC)
+    for row in rows:
+        CALLBACK_APPLY_LAG.observe((now - row.received_at).total_seconds())  # type: ignore[attr-defined]
+    CALLBACKS_APPLIED.labels("applied").inc(changed)
+    CALLBACKS_APPLIED.labels("unchanged").inc(len(rows) - changed)
+
+
+async def _set_when(condition: asyncio.Event, wake: asyncio.Event) -> None:
+    await condition.wait()
+    wake.set()
+
+
+@contextlib.asynccontextmanager
+async def running_applier(engine: AsyncEngine) -> AsyncIterator[CallbackApplier]:
+    """Run the applier while the context is open; on exit, finish the batch in hand."""
+    applier = CallbackApplier(engine)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(applier.run(stopping), name="callback-applier")
+    try:
+        yield applier
+    finally:
+        stopping.set()
+        await task

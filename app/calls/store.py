@@ -1,0 +1,194 @@
+"""Calls in Postgres, through SQLAlchemy Core: the statements of the hot paths and the reads.
+
+Each function states its round trips. Writers that change what Exotel said lock the
+call first (`lock`), so that callbacks, connect answers and reconciliation apply one
+after another; readers take no lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Select,
+    Table,
+    any_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    null,
+    select,
+)
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.calls.apply import Applied
+from app.calls.models import Call, CallEvent, Leg, Notification
+from app.calls.state import APPLIED_COLUMNS, CALL_STATE_COLUMNS, CallState, LegState, NotifyState
+from app.metrics import record_status_change
+
+calls = cast(Table, Call.__table__)
+call_legs = cast(Table, Leg.__table__)
+call_events = cast(Table, CallEvent.__table__)
+notifications = cast(Table, Notification.__table__)
+
+_LEG_FIELDS = ("leg", "number", "status", "on_call_duration", "answered_by")
+# The legs of a call as one JSON array of arrays, read with the call in one statement.
+_LEGS_JSON = (
+    select(
+        func.coalesce(
+            func.json_agg(
+                aggregate_order_by(
+                    func.json_build_array(*(call_legs.c[name] for name in _LEG_FIELDS)),
+                    call_legs.c.leg,
+                )
+            ),
+            literal_column("'[]'::json"),
+        )
+    )
+    .where(call_legs.c.call_id == calls.c.id)
+    .scalar_subquery()
+    .label("legs_json")
+)
+_SAVE_CALL = (
+    calls.update()
+    .where(calls.c.id == bindparam("call_id"))
+    .values(
+        {
+            **{name: bindparam(name) for name in APPLIED_COLUMNS},
+            "updated_at": bindparam("updated_at"),
+            # A finished call needs no more looks at Exotel.
+            "next_reconcile_at": case(
+                (bindparam("finished", type_=Boolean), null()), else_=calls.c.next_reconcile_at
+            ),
+        }
+    )
+)
+_SAVE_LEGS = insert(call_legs)
+_SAVE_LEGS = _SAVE_LEGS.on_conflict_do_update(
+    index_elements=[call_legs.c.call_id, call_legs.c.leg],
+    set_={
+        name: _SAVE_LEGS.excluded[name] for name in ("status", "on_call_duration", "answered_by")
+    },
+)
+
+
+def _legs_from_json(rows: list[list[Any]] | None) -> list[LegState]:
+    return [LegState(*row) for row in rows or ()]
+
+
+def call_query() -> Select[Any]:
+    """Calls with their legs and notification: one statement, one row per call."""
+    return select(
+        *(calls.c[name] for name in CALL_STATE_COLUMNS),
+        _LEGS_JSON,
+        notifications.c.status.label("notify_status"),
+        notifications.c.attempts.label("notify_attempts"),
+        notifications.c.last_error.label("notify_last_error"),
+    ).select_from(calls.outerjoin(notifications, notifications.c.call_id == calls.c.id))
+
+
+def state_from_row(row: Any) -> CallState:
+    notify = None
+    if row.notify_status is not None:
+        notify = NotifyState(row.notify_status, row.notify_attempts, row.notify_last_error)
+    return CallState.from_row(row, _legs_from_json(row.legs_json), notify)
+
+
+async def read(conn: AsyncConnection, where: ColumnElement[bool]) -> CallState | None:
+    """The first call matching `where` (1 round trip)."""
+    row = (await conn.execute(call_query().where(where).limit(1))).one_or_none()
+    return None if row is None else state_from_row(row)
+
+
+async def lock(
+    conn: AsyncConnection,
+    call_ids: Sequence[uuid.UUID] | Select[tuple[uuid.UUID]],
+    *,
+    skip_locked: bool = False,
+) -> dict[uuid.UUID, CallState]:
+    """Lock calls (in id order, so lockers never deadlock) and read them (2 round trips).
+
+    The legs are read by a second statement on purpose: a statement that waited for the
+    lock sees the locked row as it is now, but everything else as when it started.
+    """
+    query = (
+        select(*(calls.c[name] for name in CALL_STATE_COLUMNS))
+        .where(calls.c.id.in_(call_ids))
+        .order_by(calls.c.id)
+        .with_for_update(skip_locked=skip_locked)
+    )
+    rows = (await conn.execute(query)).all()
+    if not rows:
+        return {}
+    legs: dict[uuid.UUID, list[LegState]] = {row.id: [] for row in rows}
+    leg_rows = await conn.execute(
+        select(call_legs.c.call_id, *(call_legs.c[name] for name in _LEG_FIELDS))
+        .where(call_legs.c.call_id.in_(list(legs)))
+        .order_by(call_legs.c.call_id, call_legs.c.leg)
+    )
+    for leg_row in leg_rows:
+        legs[leg_row.call_id].append(LegState(*leg_row[1:]))
+    return {row.id: CallState.from_row(row, legs[row.id]) for row in rows}
+
+
+async def save_applied(conn: AsyncConnection, results: Sequence[tuple[CallState, Applied]]) -> None:
+    """Write back the calls that `apply_update` changed, within the caller's transaction.
+
+    Calls and legs are written with one executemany each; a call that finished here gets
+    its one `call.finished` notification (the outbox the relay delivers from). At most 3
+    round trips, whatever the number of calls.
+    """
+    changed = [(call, applied) for call, applied in results if applied.changed]
+    if not changed:
+        return
+    now = datetime.now(UTC)
+    for call, _ in changed:
+        call.updated_at = now
+    await conn.execute(
+        _SAVE_CALL,
+        [
+            {
+                "call_id": call.id,
+                "updated_at": now,
+                "finished": applied.became_terminal,
+                **{name: getattr(call, name) for name in APPLIED_COLUMNS},
+            }
+            for call, applied in changed
+        ],
+    )
+    await conn.execute(
+        _SAVE_LEGS,
+        [
+            {"call_id": call.id, **{name: getattr(leg, name) for name in _LEG_FIELDS}}
+            for call, _ in changed
+            for leg in call.legs
+        ],
+    )
+    finished = [call for call, applied in changed if applied.became_terminal and call.notify_url]
+    if finished:
+        await conn.execute(
+            insert(notifications)
+            .values(
+                [
+                    {"id": f"msg_{uuid.uuid4().hex}", "call_id": call.id, "url": call.notify_url}
+                    for call in finished
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=[notifications.c.call_id])
+        )
+    for _, applied in changed:
+        record_status_change(applied.previous_status, applied.status)
+
+
+def ids_in(column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
+    """`column = ANY(:ids)`: one cached statement whatever the number of ids."""
+    return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
