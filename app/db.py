@@ -31,12 +31,16 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
     return create_async_engine(
         database_url,
+        # A fixed pool: connections opened for a burst and closed after it (overflow) cost
+        # more than the burst's requests themselves.
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
+        max_overflow=0,
+        # No ping per checkout (a round trip on every request): a connection found dead
+        # fails its request with a 503, and SQLAlchemy then drops the whole stale pool.
+        pool_pre_ping=False,
         hide_parameters=True,  # statement values hold phone numbers; errors get logged
         pool_timeout=5,
         # Bounded waits everywhere: a stuck lock or query becomes a 503, never a hang.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -184,7 +186,10 @@ class CallEventOut(BaseModel):
     event_type: str | None = Field(description="Exotel's EventType: `terminal`, `answered`...")
     status: str | None = Field(description="The call status the message reported")
     applied: bool = Field(description="Whether the message changed the call")
-    payload: str = Field(description="The body exactly as received (UTF-8; bad bytes replaced)")
+    payload: Any = Field(
+        description="The body as received: a JSON body as its document, anything else as "
+        "text (UTF-8; bad bytes replaced)"
+    )
 
     @classmethod
     def from_event(cls, event: Any) -> CallEventOut:
@@ -197,9 +202,16 @@ class CallEventOut(BaseModel):
             event_type=event.event_type,
             status=event.status,
             applied=event.applied,
-            payload=event.raw_body.decode("utf-8", errors="replace"),
+            payload=_payload(event.raw_body, event.content_type),
         )
 
 
 class CallEventList(BaseModel):
     items: list[CallEventOut] = Field(description="Oldest first")
+
+
+def _payload(raw_body: bytes, content_type: str | None) -> Any:
+    if (content_type or "").split(";")[0].strip().lower() == "application/json":
+        with contextlib.suppress(ValueError, RecursionError):
+            return json.loads(raw_body)
+    return raw_body.decode("utf-8", errors="replace")

@@ -227,3 +227,12 @@ def test_a_stored_sid_is_never_replaced() -> None:
     apply_update(call, connect_answer())
     apply_update(call, terminal(sid="another-sid"))
     assert call.sid == SID
+
+
+def test_a_call_exotel_names_keeps_no_error() -> None:
+    call = pending_call()
+    call.status, call.error_message = "unknown", "No answer from Exotel after sending: ReadTimeout"
+    applied = apply_update(call, terminal())
+    assert applied.changed
+    assert (call.sid, call.status) == (SID, "completed")
+    assert (call.error_status, call.error_code, call.error_message) == (None, None, None)
