@@ -16,12 +16,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import urlencode
 
 import httpx
-from starlette.datastructures import FormData, QueryParams
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -29,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.exotel.schemas import EXOTEL_TIMEZONE
 from app.exotel.simulator.config import SimulatorConfig
+from app.exotel.simulator.listing import ListingQuery, page_of, paged_answer
 from app.exotel.simulator.player import CallbackPlayer
 from app.exotel.simulator.recording import recording_response
 from app.exotel.simulator.scenarios import (
@@ -43,7 +43,7 @@ from app.exotel.simulator.scenarios import (
     scenario_for,
     time_limit,
 )
-from app.exotel.simulator.state import EXOTEL_TIME_FORMAT, SimulatedCall
+from app.exotel.simulator.state import SimulatedCall
 from app.exotel.simulator.store import CallStore
 from app.exotel.simulator.wire import (
     answer,
@@ -52,17 +52,10 @@ from app.exotel.simulator.wire import (
     national,
     not_found,
     rest_exception,
-    same_number,
 )
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE: Final = 50
-MAX_PAGE_SIZE: Final = 100
-MAX_SIDS_PER_QUERY: Final = 100
-MAX_NUMBERS_PER_FILTER: Final = 5
-LONGEST_WINDOW: Final = timedelta(days=31)  # "at most one month"; also the default window
-OLDEST_START: Final = timedelta(days=183)  # "at most six months back"
 WINDOW_S: Final = 60.0
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -256,102 +249,31 @@ class ExotelRoutes:
 
     async def _list_calls(self, request: Request) -> Response:
         """Bulk call details: never ongoing calls; paged in the configured shape."""
-        query = request.query_params
         now = datetime.now(UTC)
-        sids = {sid.strip() for sid in query.get("Sid", "").split(",") if sid.strip()}
+        account_sid = request.path_params["account_sid"]
         try:
-            page_size = _page_size(query.get("PageSize"))
-            created_from, created_to = _date_window(query.get("DateCreated"), now)
-            to_numbers = _numbers(query, "To")
-            from_numbers = _numbers(query, "From")
+            query = ListingQuery.read(request.query_params, now)
+            found = await self._store.find(
+                account_sid,
+                sids=query.sids,
+                created_from=query.created_from,
+                created_to=query.created_to,
+                ended_by=now,
+            )
+            listed = [call for call in found if query.matches(call)]
+            page = page_of(listed, query)
         except ValueError as exc:
             return bad_request(str(exc))
-        if len(sids) > MAX_SIDS_PER_QUERY:
-            return bad_request(f"Sid accepts at most {MAX_SIDS_PER_QUERY} values")
-        found = await self._store.find(
-            request.path_params["account_sid"],
-            sids=sids,
-            created_from=created_from,
-            created_to=created_to,
-            ended_by=now,
+        answer = paged_answer(
+            self._config.paging,
+            path=f"/v1/Accounts/{account_sid}/Calls.json",
+            raw_query=request.query_params,
+            query=query,
+            listed=listed,
+            page=page,
+            calls=[self._exotel_json(call, query.with_details) for call in page.calls],
         )
-        listed = [
-            call
-            for call in found
-            if _matches(call.to_number, to_numbers) and _matches(call.from_number, from_numbers)
-        ]
-        # The cursor is the Sid of the previous page's last call: new calls land before
-        # it in newest-first order, so pages never shift under a reader.
-        start = 0
-        if after := query.get("AfterSid") or query.get("After"):
-            positions = [index for index, call in enumerate(listed) if call.sid == after]
-            if not positions:
-                return bad_request("AfterSid does not name a call of this listing")
-            start = positions[0] + 1
-        page = listed[start : start + page_size]
-        calls = [
-            self._exotel_json(call, query.get("details", "").lower() == "true") for call in page
-        ]
-        more = start + page_size < len(listed)
-        return JSONResponse(
-            self._paged(
-                request,
-                query,
-                page_size,
-                calls,
-                listed,
-                start,
-                page[-1].sid if more and page else None,
-            )
-        )
-
-    def _paged(
-        self,
-        request: Request,
-        query: QueryParams,
-        page_size: int,
-        calls: list[dict[str, Any]],
-        listed: list[SimulatedCall],
-        start: int,
-        next_after: str | None,
-    ) -> dict[str, Any]:
-        """One page in the configured shape of the three Exotel documents."""
-        path = f"/v1/Accounts/{request.path_params['account_sid']}/Calls.json"
-        filters = [
-            (name, query[name])
-            for name in ("Sid", "To", "From", "DateCreated", "details")
-            if name in query
-        ]
-        filters.append(("PageSize", str(page_size)))
-        shape = self._config.paging
-        cursor = "AfterSid" if shape == "after-sid" else "After"
-
-        def uri(after: str | None, **extra: str) -> str:
-            params = filters if after is None else [*filters, (cursor, after)]
-            return f"{path}?{urlencode([*params, *extra.items()])}"
-
-        page_number = int(query.get("Page", "0")) if query.get("Page", "0").isdigit() else 0
-        next_uri = None
-        if next_after is not None:
-            extra = {"Page": str(page_number + 1)} if shape == "after-sid" else {}
-            next_uri = uri(next_after, **extra)
-        if shape == "after-sid":
-            metadata = {"PageSize": page_size, "Page": page_number, "NextPageUri": next_uri}
-            return {"Metadata": metadata, "Calls": calls}
-        previous_uri = None
-        if start > 0:
-            previous_start = max(start - page_size, 0)
-            previous_uri = uri(listed[previous_start - 1].sid if previous_start else None)
-        if shape == "top-level":
-            return {"Calls": calls, "PrevPageUri": previous_uri, "NextPageUri": next_uri}
-        metadata = {
-            "Total": len(listed),
-            "PageSize": page_size,
-            "FirstPageUri": uri(None),
-            "PrevPageUri": previous_uri,
-            "NextPageUri": next_uri,
-        }
-        return {"Metadata": metadata, "Calls": calls}
+        return JSONResponse(answer)
 
     def _exotel_json(self, call: SimulatedCall, with_details: bool) -> dict[str, Any]:
         return call.exotel_json(
@@ -413,44 +335,3 @@ def _callback_events(form: FormData) -> frozenset[str]:
         if isinstance(value, str)
         and (name == "StatusCallbackEvents" or name.startswith("StatusCallbackEvents["))
     )
-
-
-def _page_size(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError("PageSize must be a positive integer")
-    return min(int(raw), MAX_PAGE_SIZE)
-
-
-def _numbers(query: QueryParams, name: str) -> list[str]:
-    numbers = [number.strip() for number in query.get(name, "").split(",") if number.strip()]
-    if len(numbers) > MAX_NUMBERS_PER_FILTER:
-        raise ValueError(f"{name} accepts at most {MAX_NUMBERS_PER_FILTER} numbers")
-    return numbers
-
-
-def _matches(number: str, wanted: list[str]) -> bool:
-    return not wanted or any(same_number(number, candidate) for candidate in wanted)
-
-
-def _date_window(raw: str | None, now: datetime) -> tuple[datetime, datetime]:
-    """`gte:YYYY-MM-DD HH:mm:ss;lte:YYYY-MM-DD HH:mm:ss` (IST), either bound optional:
-    at most one month wide, at most six months back, by default the last 31 days."""
-    bounds: dict[str, datetime] = {}
-    for condition in filter(None, (raw or "").split(";")):
-        operator, _, moment = condition.partition(":")
-        if operator not in {"gte", "lte"}:
-            raise ValueError(f"DateCreated accepts gte and lte, not {operator!r}")
-        try:
-            parsed = datetime.strptime(moment.strip(), EXOTEL_TIME_FORMAT)
-        except ValueError as exc:
-            raise ValueError("DateCreated times must read YYYY-MM-DD HH:mm:ss") from exc
-        bounds[operator] = parsed.replace(tzinfo=EXOTEL_TIMEZONE)
-    created_to = bounds.get("lte", now)
-    created_from = bounds.get("gte", max(created_to - LONGEST_WINDOW, now - OLDEST_START))
-    if created_to - created_from > LONGEST_WINDOW:
-        raise ValueError("DateCreated may span at most one month")
-    if created_from < now - OLDEST_START:
-        raise ValueError("DateCreated may start at most six months back")
-    return created_from, created_to
