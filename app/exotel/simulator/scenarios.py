@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from app.exotel.limits import MAX_TIME_LIMIT_S, MAX_TIME_OUT_S
+
 DEFAULT_RING_TIMEOUT_S: Final = 30
-MAX_RING_TIMEOUT_S: Final = 60  # Exotel's cap (TRAI)
-MAX_TIME_LIMIT_S: Final = 14400  # Exotel's longest call: what a call without TimeLimit may last
+MAX_RING_TIMEOUT_S: Final = MAX_TIME_OUT_S
 
 # Durations only need to look plausible; nothing here is security-sensitive.
 _durations = random.Random()  # noqa: S311
