@@ -25,7 +25,7 @@ Test numbers: the last four digits of `To` choose what happens (scenarios.py).
 | 9906 | rate limited: 429, `Retry-After: 30`, Code "RATE_LIMIT_EXCEEDED"; no call |
 | 9907 | Exotel down: 500 "Service Unavailable; ", Code 35008; no call |
 | 9908 | slow answer: the connect answer comes after `slow_answer_s` real seconds |
-| 9909 | lost answer: placed, the answer hangs `lost_answer_hang_s`, then drops; talk outlasts it |
+| 9909 | lost answer: placed; the answer (and the `answered` event) lost; talk outlasts the drop |
 | 9910 | duplicated callback: the terminal callback is delivered 3 times |
 | 9911 | callback first: the call ends at once; its callback is delivered before the answer |
 | 9912 | stale answered: an `answered` callback (in-progress) follows the terminal one |

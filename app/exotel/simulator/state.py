@@ -207,7 +207,10 @@ class SimulatedCall:
         steps: list[CallbackStep] = []
         connected_s = self.plan.connected_s
         stale = self.scenario is Scenario.STALE_ANSWERED
-        if connected_s is not None and "answered" in self.callback_events and not stale:
+        # When the connect answer is lost, so is the `answered` event: the call stays
+        # unknown to Callbridge until it ends (or for good, on a long call).
+        lost = self.scenario.answer_is_lost
+        if connected_s is not None and "answered" in self.callback_events and not (stale or lost):
             steps.append(CallbackStep("answered", connected_s, "answered", connected_s))
         end_s = self.plan.end_s
         copies = DUPLICATED_CALLBACK_COPIES if self.scenario is Scenario.DUPLICATED_CALLBACK else 1
