@@ -11,6 +11,7 @@ from datetime import timedelta
 import structlog
 from aiolimiter import AsyncLimiter
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import ApiKeys
 from app.callbacks.applier import running_applier
@@ -58,7 +59,9 @@ async def _database_url(settings: Settings) -> str:
     return await asyncio.to_thread(start_embedded_postgres, settings.callbridge_data_dir)
 
 
-def _exotel_client(app: FastAPI, settings: Settings, stack: AsyncExitStack) -> ExotelClient:
+async def _exotel_client(
+    app: FastAPI, settings: Settings, stack: AsyncExitStack, engine: AsyncEngine
+) -> ExotelClient:
     limiter = AsyncLimiter(settings.exotel_requests_per_minute, time_period=60)
     if settings.live:
         assert settings.exotel_account_sid is not None
@@ -76,7 +79,9 @@ def _exotel_client(app: FastAPI, settings: Settings, stack: AsyncExitStack) -> E
     from app.exotel.simulator import Simulator, SimulatorConfig
 
     config = SimulatorConfig(api_token=settings.dev_secret("simulator_token"))
-    simulator = Simulator(config)
+    # In the service's database (tables sim_*), so that simulated calls outlive a restart.
+    simulator = Simulator(config, database=engine)
+    await simulator.start()
     stack.push_async_callback(simulator.aclose)
     app.mount(SIMULATOR_PREFIX, simulator.app)
     http = build_http_client(
@@ -133,7 +138,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ops = OpsService(sessions)
         app.state.call_limiter = RateLimiter(settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
-        exotel = _exotel_client(app, settings, stack)
+        exotel = await _exotel_client(app, settings, stack, engine)
         app.state.callback_inbox = CallbackInbox(engine)
         await stack.enter_async_context(running_applier(engine))
         app.state.calls = CallService(

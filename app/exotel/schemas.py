@@ -7,15 +7,25 @@ validators here absorb all of that so the rest of the service sees clean values.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 EXOTEL_TIMEZONE = ZoneInfo("Asia/Kolkata")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
+# Every call status Exotel uses. Call details also say `queued` and `ringing` (the call
+# is waiting, or a leg rings): kept as they are, both are in the contract's status list.
+CALL_STATUSES = TERMINAL_STATUSES | {"queued", "ringing", "in-progress"}
+# Exotel writes "no time" as the epoch in IST: `1970-01-01 05:30:00`.
+EMPTY_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+# What AnsweredBy may say, casing aside, and how Callbridge spells it. `NA` (not
+# applicable, always on the first leg) means nobody: it is not an answer.
+ANSWERED_BY = {"human": "human", "machine": "machine", "notsure": "not-sure"}
+MAX_DETAIL_LEGS = 10
+_DETAIL_LEG_IDS = frozenset(str(number) for number in range(1, MAX_DETAIL_LEGS + 1))
 
 
 def _blank_to_none(value: Any) -> Any:
@@ -62,6 +72,23 @@ def _exotel_time(value: Any) -> datetime | None:
     return parsed
 
 
+def _not_the_empty_marker(value: datetime | None) -> datetime | None:
+    return None if value == EMPTY_TIME else value
+
+
+def _answered_by(value: Any) -> Any:
+    """`HUMAN`, `Human`, `human` -> "human"; `NotSure`, `not_sure` -> "not-sure"; `NA` -> None.
+
+    A word Exotel may add later is kept, lowercased, rather than lost."""
+    value = _blank_to_none(value)
+    if not isinstance(value, str):
+        return value
+    word = value.strip().lower()
+    if word in {"na", "n/a", "not applicable"}:
+        return None
+    return ANSWERED_BY.get(word.replace("-", "").replace("_", "").replace(" ", ""), word)
+
+
 def _lower_or_none(value: Any) -> Any:
     value = _blank_to_none(value)
     return value.strip().lower() if isinstance(value, str) else value
@@ -71,7 +98,10 @@ OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none)]
 OptionalStatus = Annotated[str | None, BeforeValidator(_lower_or_none)]
 OptionalInt = Annotated[int | None, BeforeValidator(_lenient_int)]
 OptionalDecimal = Annotated[Decimal | None, BeforeValidator(_lenient_decimal)]
-ExotelTime = Annotated[datetime | None, BeforeValidator(_exotel_time)]
+ExotelTime = Annotated[
+    datetime | None, BeforeValidator(_exotel_time), AfterValidator(_not_the_empty_marker)
+]
+AnsweredBy = Annotated[str | None, BeforeValidator(_answered_by)]
 
 
 class _ExotelModel(BaseModel):
@@ -84,7 +114,7 @@ class LegUpdate(_ExotelModel):
     leg: int
     status: OptionalStatus = None
     on_call_duration: OptionalInt = None
-    answered_by: OptionalText = None
+    answered_by: AnsweredBy = None
 
 
 class CallUpdate(_ExotelModel):
@@ -103,7 +133,8 @@ class CallUpdate(_ExotelModel):
     conversation_duration: OptionalInt = None
     price: OptionalDecimal = None
     recording_url: OptionalText = None
-    answered_by: OptionalText = None
+    # The call's: the first leg's answer that is not `NA` (in practice the To leg's).
+    answered_by: AnsweredBy = None
     direction: OptionalText = None
     legs: tuple[LegUpdate, ...] = ()
 
@@ -112,12 +143,44 @@ class CallUpdate(_ExotelModel):
         return self.status in TERMINAL_STATUSES
 
 
+class ExotelDetailLeg(_ExotelModel):
+    """One of `Details.Legs`: `{"Leg": {"Id": 1, "OnCallDuration": 21}}`, ids from 1."""
+
+    id: int = Field(alias="Id", ge=1, le=MAX_DETAIL_LEGS)
+    on_call_duration: OptionalInt = Field(None, alias="OnCallDuration")
+
+
+def _detail_legs(value: Any) -> Any:
+    """Unwrap `{"Leg": {...}}` entries; drop what is not a leg rather than the answer."""
+    if not isinstance(value, list):
+        return ()
+    legs = []
+    for entry in value[:MAX_DETAIL_LEGS]:
+        leg = entry.get("Leg", entry) if isinstance(entry, dict) else None
+        if isinstance(leg, dict) and str(leg.get("Id")) in _DETAIL_LEG_IDS:
+            legs.append(leg)
+    return legs
+
+
 class ExotelCallDetails(_ExotelModel):
     """`Details` of a call-details answer (`?details=true`)."""
 
     conversation_duration: OptionalInt = Field(None, alias="ConversationDuration")
     leg1_status: OptionalStatus = Field(None, alias="Leg1Status")
     leg2_status: OptionalStatus = Field(None, alias="Leg2Status")
+    legs: Annotated[tuple[ExotelDetailLeg, ...], BeforeValidator(_detail_legs)] = Field(
+        (), alias="Legs"
+    )
+
+    def leg_updates(self) -> tuple[LegUpdate, ...]:
+        """Legs 0 (From) and 1 (To) as far as the details tell them; ids 1-based there."""
+        durations = {leg.id - 1: leg.on_call_duration for leg in self.legs}
+        statuses = {0: self.leg1_status, 1: self.leg2_status}
+        return tuple(
+            LegUpdate(leg=index, status=statuses.get(index), on_call_duration=durations.get(index))
+            for index in sorted(statuses.keys() | durations.keys())
+            if statuses.get(index) is not None or durations.get(index) is not None
+        )
 
 
 class ExotelCall(_ExotelModel):
@@ -137,17 +200,11 @@ class ExotelCall(_ExotelModel):
     duration: OptionalInt = Field(None, alias="Duration")
     price: OptionalDecimal = Field(None, alias="Price")
     direction: OptionalText = Field(None, alias="Direction")
-    answered_by: OptionalText = Field(None, alias="AnsweredBy")
+    answered_by: AnsweredBy = Field(None, alias="AnsweredBy")
     recording_url: OptionalText = Field(None, alias="RecordingUrl")
     details: ExotelCallDetails | None = Field(None, alias="Details")
 
     def to_update(self) -> CallUpdate:
-        legs: tuple[LegUpdate, ...] = ()
-        if self.details is not None:
-            legs = (
-                LegUpdate(leg=0, status=self.details.leg1_status),
-                LegUpdate(leg=1, status=self.details.leg2_status),
-            )
         return CallUpdate(
             sid=self.sid,
             status=self.status,
@@ -161,8 +218,13 @@ class ExotelCall(_ExotelModel):
             recording_url=self.recording_url,
             answered_by=self.answered_by,
             direction=self.direction,
-            legs=tuple(leg for leg in legs if leg.status is not None),
+            legs=self.details.leg_updates() if self.details else (),
         )
+
+    @property
+    def has_figures(self) -> bool:
+        """Whether Exotel has filled in what it fills minutes after the end (Price)."""
+        return self.price is not None
 
 
 class ExotelCallEnvelope(_ExotelModel):
@@ -174,10 +236,21 @@ class ExotelPageMetadata(_ExotelModel):
 
 
 class ExotelCallList(_ExotelModel):
-    """Answer of the bulk call-details API (`Calls.json`)."""
+    """Answer of the bulk call-details API (`Calls.json`).
+
+    Exotel documents three paging shapes: `Metadata.NextPageUri`, a top-level
+    `NextPageUri`, and `Metadata` whose `NextPageUri` carries an `AfterSid`. All three
+    come down to one next link.
+    """
 
     calls: tuple[ExotelCall, ...] = Field((), alias="Calls")
     metadata: ExotelPageMetadata | None = Field(None, alias="Metadata")
+    top_level_next_page_uri: OptionalText = Field(None, alias="NextPageUri")
+
+    @property
+    def next_page_uri(self) -> str | None:
+        from_metadata = self.metadata.next_page_uri if self.metadata else None
+        return from_metadata or self.top_level_next_page_uri
 
 
 class ExotelRestException(_ExotelModel):

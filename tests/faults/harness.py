@@ -140,7 +140,9 @@ class SimulatorView:
         self._calls = f"/v1/Accounts/{config.account_sid}/Calls"
 
     async def connect_requests(self) -> list[dict[str, str]]:
-        found: list[dict[str, str]] = (await self._http.get("/_sim/requests")).json()
+        found: list[dict[str, str]] = (
+            await self._http.get("/_sim/requests", auth=self._auth)
+        ).json()
         return found
 
     async def placed(self) -> dict[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from app.calls.apply import apply_update
+from app.calls.schemas import CallOut
 from app.calls.state import CallState, LegState
 from app.exotel.schemas import CallUpdate, LegUpdate
 
@@ -235,4 +236,4 @@ def test_a_call_exotel_names_keeps_no_error() -> None:
     applied = apply_update(call, terminal())
     assert applied.changed
     assert (call.sid, call.status) == (SID, "completed")
-    assert (call.error_status, call.error_code, call.error_message) == (None, None, None)
+    assert CallOut.from_state(call).error is None

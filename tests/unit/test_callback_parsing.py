@@ -99,7 +99,7 @@ async def test_form_legs_are_matched_by_index_in_any_order() -> None:
         LegUpdate(leg=0, status="completed"),
         LegUpdate(leg=1, status="completed", answered_by="Human"),
     )
-    assert callback.to_update().answered_by == "Human"
+    assert callback.to_update().answered_by == "human"  # normalised: HUMAN, Human, human
 
 
 async def test_json_nulls_and_empty_strings_are_no_value() -> None:
