@@ -99,10 +99,10 @@ async def finish_calls(database_url: str, url: str) -> set[str]:
                     caller_id="+918047112233",
                     api_client="orders",
                     notify_url=url,
-                    legs=[Leg(leg=0), Leg(leg=1)],
                 )
                 session.add(call)
                 await session.flush()
+                session.add_all([Leg(call_id=call.id, leg=0), Leg(call_id=call.id, leg=1)])
                 notification = Notification(id=f"msg_race_{index}", call_id=call.id, url=url)
                 session.add(notification)
                 ids.add(notification.id)
