@@ -130,6 +130,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ops = OpsService(sessions)
         app.state.call_limiter = RateLimiter(settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
+        app.state.notify_allowed_hosts = settings.notify_allowed_hosts
         exotel = _exotel_client(app, settings, stack)
         app.state.calls = CallService(
             sessions,
