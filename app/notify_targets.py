@@ -106,10 +106,15 @@ async def resolve(host: str, port: int) -> list[str]:
 class PublicOnlyBackend(httpcore.AsyncNetworkBackend):
     """Opens connections only to public addresses, or to hosts that are allowed by name."""
 
-    def __init__(self, allowed_hosts: frozenset[str], resolver: Resolver = resolve) -> None:
+    def __init__(
+        self,
+        allowed_hosts: frozenset[str],
+        resolver: Resolver = resolve,
+        backend: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
         self._allowed_hosts = allowed_hosts
         self._resolve = resolver
-        self._backend = httpcore.AnyIOBackend()
+        self._backend = backend or httpcore.AnyIOBackend()
 
     async def connect_tcp(
         self,
