@@ -63,10 +63,12 @@ def _plain_decimal(value: Any) -> Decimal | None:
     value = _blank_to_none(value)
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        # Compared as an int: str() of a huge int is itself slow (and refused).
-        return Decimal(value) if abs(value) < 10**15 else None
-    text = str(value).strip() if isinstance(value, str | float | Decimal) else ""
+    if isinstance(value, int | Decimal):
+        # Compared as a number: str() of a huge int is itself slow (and refused), and a
+        # small Decimal prints with an exponent ("1E-7").
+        number = Decimal(value)
+        return number if number.is_finite() and abs(number) < 10**15 else None
+    text = str(value).strip() if isinstance(value, str | float) else ""
     if not _PLAIN_DECIMAL.fullmatch(text):
         return None
     return Decimal(text)

@@ -39,7 +39,8 @@ async def test_without_the_allow_list_a_loopback_receiver_is_refused_at_delivery
     await apply(relaying, call_id, FINISHED)
 
     async def failed() -> bool:
-        return (await notify_state(relaying, call_id) or {}).get("attempts", 0) >= 1
+        attempts: int = (await notify_state(relaying, call_id) or {}).get("attempts", 0)
+        return attempts >= 1
 
     await eventually(failed)
     state = await notify_state(relaying, call_id)
@@ -65,7 +66,7 @@ def resolving(answers: dict[str, list[str]], asked: list[str] | None = None) -> 
         ["::ffff:127.0.0.1"],
         ["169.254.169.254"],
         ["10.1.2.3"],
-        ["0.0.0.0"],
+        ["0.0.0.0"],  # noqa: S104 (an address refused, not one bound to)
         # One refused address among public ones is enough: which one would connect is
         # up to the order of the answer.
         ["93.184.215.14", "127.0.0.1"],

@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -162,5 +162,7 @@ async def test_a_body_in_a_few_quick_chunks_passes(
 
 
 def test_the_app_bounds_body_reads_with_the_documented_deadline(app: FastAPI) -> None:
-    [limits] = [entry for entry in app.user_middleware if entry.cls is BodyLimitsMiddleware]
+    [limits] = [
+        entry for entry in app.user_middleware if cast(object, entry.cls) is BodyLimitsMiddleware
+    ]
     assert limits.kwargs.get("timeout_s", BODY_READ_TIMEOUT_S) == BODY_READ_TIMEOUT_S == 10.0

@@ -251,3 +251,10 @@ async def test_a_multipart_body_with_an_epilogue_is_whole() -> None:
 async def test_a_sid_with_a_nul_is_invalid() -> None:
     with pytest.raises(InvalidCallback):
         await form_callback([("CallSid", "abc\x00")])
+
+
+def test_values_read_once_survive_being_validated_again() -> None:
+    # to_update() validates what the first model already read: a small price prints as
+    # "1E-7", which is no plain decimal as text.
+    call = ExotelCall.model_validate({"Sid": SID, "Price": "0.0000001", "Duration": 41})
+    assert (call.to_update().price, call.to_update().duration) == (Decimal("1E-7"), 41)
