@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EXOTEL_REGION_HOSTS = {"singapore": "https://api.exotel.com", "mumbai": "https://api.in.exotel.com"}
 EXOTEL_CREDENTIALS = ("EXOTEL_ACCOUNT_SID", "EXOTEL_API_KEY", "EXOTEL_API_TOKEN")
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr = SecretStr("")
     default_country: str = "IN"
     notify_secret: SecretStr | None = None
+    # Comma-separated hosts a notify_url may name although they are not public, spelled
+    # exactly as in the URL (see app/notify_targets.py).
+    notify_allowed_hosts: Annotated[frozenset[str], NoDecode] = frozenset()
 
     reconcile_after_s: int = Field(900, ge=1)
     reconcile_interval_s: float = Field(60, gt=0)
@@ -81,6 +84,15 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @field_validator("notify_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            hosts = (host.strip().lower() for host in value.split(","))
+            # IPv6 addresses without their URL brackets, as the relay's connections see them.
+            return frozenset(host.strip("[]") for host in hosts if host)
+        return value
 
     @field_validator("default_country")
     @classmethod

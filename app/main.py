@@ -32,7 +32,7 @@ from app.errors import install_error_handlers
 from app.exotel.client import ExotelClient, build_http_client
 from app.jobs.runner import running_jobs
 from app.logs import configure_logging
-from app.middleware import MAX_BODY_BYTES, BodySizeLimitMiddleware, RequestLogMiddleware
+from app.middleware import MAX_BODY_BYTES, BodyLimitsMiddleware, RequestLogMiddleware
 from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.ops.service import OpsService
@@ -138,6 +138,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ops = OpsService(sessions)
         app.state.call_limiter = RateLimiter(settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
+        app.state.notify_allowed_hosts = settings.notify_allowed_hosts
         exotel = await _exotel_client(app, settings, stack, engine)
         app.state.callback_inbox = CallbackInbox(engine)
         await stack.enter_async_context(running_applier(engine))
@@ -175,7 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     # The last added runs first: the request log sees (and counts) the 413s too.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimitsMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestLogMiddleware)
     app.include_router(calls_router)
     app.include_router(callbacks_router)

@@ -33,6 +33,8 @@ FAST_JOBS: dict[str, object] = {
     "notify_poll_interval_s": 0.05,
     "notify_first_retry_s": 0.1,
     "notify_secret": NOTIFY_SECRET,
+    # Receivers listen on loopback, which notify URLs may not reach unless allowed.
+    "notify_allowed_hosts": "127.0.0.1",
 }
 
 

@@ -37,6 +37,8 @@ def worker_environment(database_url: str, data_dir: Path) -> dict[str, str]:
         "API_KEYS": f"orders:{WRITER_KEY}:write",
         "NOTIFY_SECRET": NOTIFY_SECRET,
         "NOTIFY_POLL_INTERVAL_S": "0.05",
+        # The receiver listens on loopback, which notify URLs may not reach unless allowed.
+        "NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
         "LOG_FORMAT": "json",
     }
 
