@@ -69,16 +69,14 @@ class BoundedConnection(psycopg.AsyncConnection[Any]):
         interval: float = 0.1,
         timeout: float | None = None,  # noqa: ASYNC109 - psycopg's signature, overridden
     ) -> Any:
-        if self.pgconn.transaction_status != TransactionStatus.ACTIVE:
-            # Nothing in flight (e.g. waiting for notifications): nothing to bound.
-            return await super().wait(gen, interval, timeout)
         loop = asyncio.get_running_loop()
         operation = loop.create_task(super().wait(gen, interval, timeout))
-        watchdog = loop.call_later(ANSWER_TIMEOUT_S, self._sever)
+        watchdog = loop.call_later(ANSWER_TIMEOUT_S, self._sever_if_busy)
         try:
             return await asyncio.shield(operation)
         except asyncio.CancelledError:
-            self._sever()
+            if not self._sever_if_busy():
+                operation.cancel()
             await asyncio.gather(operation, return_exceptions=True)
             raise
         except psycopg.OperationalError as exc:
@@ -90,13 +88,18 @@ class BoundedConnection(psycopg.AsyncConnection[Any]):
         finally:
             watchdog.cancel()
 
-    def _sever(self) -> None:
-        """Shut the socket down: the pending read returns at once, the connection is broken."""
+    def _sever_if_busy(self) -> bool:
+        """Shut the socket down if a command is waiting for its answer (not when the
+        connection merely waits for notifications); the pending read then returns at once
+        and the connection is broken."""
+        if self.pgconn.transaction_status != TransactionStatus.ACTIVE:
+            return False
         with (
             contextlib.suppress(OSError, psycopg.Error),
             socket.socket(fileno=os.dup(self.pgconn.socket)) as connection_socket,
         ):
             connection_socket.shutdown(socket.SHUT_RDWR)
+        return True
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
