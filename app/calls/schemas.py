@@ -31,7 +31,6 @@ class CallCreate(BaseModel):
                     "time_out": 30,
                     "record": True,
                     "custom_field": "order-1234",
-                    "notify_url": "https://orders.internal/hooks/calls",
                 }
             ]
         },

@@ -210,3 +210,33 @@ async def test_a_failed_startup_stops_the_embedded_postgres_it_started(
             pytest.fail("started although the migration failed")
 
     assert postgres_pids(data_dir) == []
+
+
+def test_the_worker_serves_no_api_so_it_warns_of_no_open_access(
+    database_url: str, tmp_path: Path
+) -> None:
+    worker = subprocess.Popen(  # noqa: S603
+        [*CALLBRIDGE, "worker"],
+        cwd=PROJECT_ROOT,
+        env=clean_environment(
+            CALLBRIDGE_SIMULATOR="true",
+            DATABASE_URL=database_url,
+            CALLBRIDGE_DATA_DIR=str(tmp_path),
+            LOG_FORMAT="json",
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stderr is not None
+    try:
+        lines = []
+        for line in worker.stderr:
+            lines.append(line)
+            if '"worker_started"' in line:
+                break
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)
+
+    assert any('"worker_started"' in line for line in lines), lines
+    assert not any("OPEN ACCESS" in line for line in lines)
