@@ -4,11 +4,13 @@ it, however it ends, and one orphaned by a SIGKILL is taken care of at the next 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +242,64 @@ def test_the_worker_serves_no_api_so_it_warns_of_no_open_access(
 
     assert any('"worker_started"' in line for line in lines), lines
     assert not any("OPEN ACCESS" in line for line in lines)
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_the_standalone_simulator_logs_no_callback_url() -> None:
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    token = "0123456789abcdef" * 4
+    callback = f"http://127.0.0.1:{receiver.server_address[1]}/callbacks/exotel?token={token}"
+    port = free_port()
+    simulator = subprocess.Popen(  # noqa: S603
+        [*CALLBRIDGE, "simulate", "--port", str(port), "--speed", "1000"],
+        cwd=PROJECT_ROOT,
+        env=clean_environment(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/v1/Accounts/callbridge-sim/Calls"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                placed = httpx.post(
+                    f"{base}/connect.json",
+                    auth=("sim-key", "sim-token"),
+                    data={
+                        "From": "+919876543210",
+                        "To": "+919123456789",
+                        "CallerId": "08000000000",
+                        "StatusCallback": callback,
+                    },
+                )
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the simulator never answered"
+                time.sleep(0.2)
+        assert placed.status_code == 200
+        sid = placed.json()["Call"]["Sid"]
+        while httpx.get(f"{base}/{sid}.json", auth=("sim-key", "sim-token")).json()["Call"][
+            "Status"
+        ] not in ("completed", "failed", "busy", "no-answer"):
+            assert time.monotonic() < deadline, "the simulated call never ended"
+            time.sleep(0.2)
+        time.sleep(0.5)  # the terminal callback is posted after the status changes
+    finally:
+        simulator.terminate()
+        output, errors = simulator.communicate(timeout=30)
+        receiver.shutdown()
+        receiver.server_close()
+
+    assert "connect to" in output + errors, "the simulator's own log is kept"
+    assert token not in output + errors
