@@ -37,6 +37,10 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Probes and scrapes arrive every few seconds; at info they would drown the log.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# The built-in simulator of simulator mode (app.main.SIMULATOR_PREFIX) answers its
+# deliberate 4xx/5xx there: its traffic is Exotel's, not the service's, so it is neither
+# counted in the HTTP metrics (an alert on 5xx would fire) nor logged as requests.
+NOT_THE_SERVICE = "/simulator/"
 UNMATCHED_ROUTE = "unmatched"
 
 
@@ -72,7 +76,7 @@ class RequestLogMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or str(scope["path"]).startswith(NOT_THE_SERVICE):
             await self.app(scope, receive, send)
             return
         request_id = _request_id(scope)

@@ -22,6 +22,7 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     field_validator,
 )
+from pydantic_core import to_json
 
 from app.calls.state import CallState
 from app.notify_targets import literal_address
@@ -67,7 +68,6 @@ class CallCreate(BaseModel):
                     "time_out": 30,
                     "record": True,
                     "custom_field": "order-1234",
-                    "notify_url": "https://orders.internal/hooks/calls",
                 }
             ]
         },
@@ -262,7 +262,15 @@ class CallEventList(BaseModel):
 
 
 def _payload(raw_body: bytes, content_type: str | None) -> Any:
+    """A JSON body as its document, if it reads as one that JSON can show again (no lone
+    surrogate, no NaN, not nested beyond what the encoder follows); else the text."""
     if (content_type or "").split(";")[0].strip().lower() == "application/json":
         with contextlib.suppress(ValueError, RecursionError):
-            return json.loads(raw_body)
+            document = json.loads(raw_body, parse_constant=_no_constant)
+            to_json(document)
+            return document
     return raw_body.decode("utf-8", errors="replace")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON a reader can take")

@@ -17,7 +17,7 @@ import pytest
 
 from app.calls.models import Call, Leg, Notification
 from app.db import PROJECT_ROOT, create_engine, create_sessionmaker
-from tests.conftest import EXOTEL_ACCOUNT, WRITER_KEY
+from tests.conftest import CALLBACK_SECRET, EXOTEL_ACCOUNT, WRITER_KEY
 from tests.jobs.conftest import NOTIFY_SECRET, Receiver, eventually
 
 CALLS = 200
@@ -33,7 +33,9 @@ def worker_environment(database_url: str, data_dir: Path) -> dict[str, str]:
         "EXOTEL_API_TOKEN": "exotel-token",
         # Nothing is due for reconciling; were anything asked, it would find nobody there.
         "EXOTEL_BASE_URL": "http://127.0.0.1:9",
-        "CALLBACK_SECRET": "callback-secret-for-tests",
+        "EXOTEL_CALLER_ID": "08047112233",
+        "PUBLIC_BASE_URL": "http://127.0.0.1:9",
+        "CALLBACK_SECRET": CALLBACK_SECRET,
         "API_KEYS": f"orders:{WRITER_KEY}:write",
         "NOTIFY_SECRET": NOTIFY_SECRET,
         "NOTIFY_POLL_INTERVAL_S": "0.05",
