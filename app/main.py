@@ -9,8 +9,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 import structlog
-from aiolimiter import AsyncLimiter
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import ApiKeys
 from app.callbacks.router import router as callbacks_router
@@ -28,12 +28,12 @@ from app.db import (
 from app.errors import install_error_handlers
 from app.exotel.client import ExotelClient, build_http_client
 from app.jobs.runner import running_jobs
+from app.limits.gcra import client_limiter, exotel_limiter
 from app.logs import configure_logging
 from app.middleware import MAX_BODY_BYTES, BodySizeLimitMiddleware, RequestLogMiddleware
 from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.ops.service import OpsService
-from app.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -56,8 +56,9 @@ async def _database_url(settings: Settings) -> str:
     return await asyncio.to_thread(start_embedded_postgres, settings.callbridge_data_dir)
 
 
-def _exotel_client(app: FastAPI, settings: Settings, stack: AsyncExitStack) -> ExotelClient:
-    limiter = AsyncLimiter(settings.exotel_requests_per_minute, time_period=60)
+def _exotel_client(
+    app: FastAPI, settings: Settings, stack: AsyncExitStack, engine: AsyncEngine
+) -> ExotelClient:
     if settings.live:
         assert settings.exotel_account_sid is not None
         assert settings.exotel_api_key is not None
@@ -69,6 +70,9 @@ def _exotel_client(app: FastAPI, settings: Settings, stack: AsyncExitStack) -> E
             timeout_s=settings.exotel_timeout_s,
         )
         stack.push_async_callback(http.aclose)
+        limiter = exotel_limiter(
+            engine, settings.exotel_account_sid, settings.exotel_requests_per_minute
+        )
         return ExotelClient(http, account_sid=settings.exotel_account_sid, limiter=limiter)
 
     from app.exotel.simulator import Simulator, SimulatorConfig
@@ -88,6 +92,7 @@ def _exotel_client(app: FastAPI, settings: Settings, stack: AsyncExitStack) -> E
         "SIMULATOR MODE: no Exotel credentials are set, calls are simulated and no phone rings",
         simulator_url=settings.public_base_url + SIMULATOR_PREFIX,
     )
+    limiter = exotel_limiter(engine, config.account_sid, settings.exotel_requests_per_minute)
     return ExotelClient(http, account_sid=config.account_sid, limiter=limiter)
 
 
@@ -128,9 +133,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.warning("OPEN ACCESS: API_KEYS is empty, every request may place and read calls")
         app.state.sessions = sessions
         app.state.ops = OpsService(sessions)
-        app.state.call_limiter = RateLimiter(settings.calls_per_minute_per_client)
+        app.state.call_limiter = client_limiter(engine, settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
-        exotel = _exotel_client(app, settings, stack)
+        exotel = _exotel_client(app, settings, stack, engine)
         app.state.calls = CallService(
             sessions,
             exotel,

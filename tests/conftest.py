@@ -22,7 +22,7 @@ EXOTEL_CALLS = f"{EXOTEL_BASE}/v1/Accounts/{EXOTEL_ACCOUNT}/Calls"
 WRITER_KEY = "writer-secret"
 READER_KEY = "reader-secret"
 FIXTURES = Path(__file__).parent / "fixtures"
-TABLES = "calls, call_legs, call_events, notifications"
+TABLES = "calls, call_legs, call_events, notifications, rate_limit_buckets"
 
 
 def _server_url() -> str:
