@@ -48,9 +48,7 @@ def clock(database_url: str) -> Iterator[SimulatedClock]:
 
 
 @pytest.fixture
-async def simulated_engine(
-    database_url: str, clock: SimulatedClock
-) -> AsyncIterator[AsyncEngine]:
+async def simulated_engine(database_url: str, clock: SimulatedClock) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(
         database_url,
         connect_args={"options": "-c search_path=simulated,pg_catalog,public"},

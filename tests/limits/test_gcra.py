@@ -93,8 +93,8 @@ async def test_minutes_of_mixed_traffic_never_put_more_than_the_budget_in_a_minu
     assert len(overloaded) < 0.05 * len([t for t in sent[Priority.PLACING] if 15 <= t <= 90])
     assert refused[Priority.PLACING] > 0
     # ... and background work gets the room that placing leaves.
-    assert len([t for t in sent[Priority.BACKGROUND] if 160 <= t]) >= 0.95 * len(
-        [t for t in background if 160 <= t]
+    assert len([t for t in sent[Priority.BACKGROUND] if t >= 160]) >= 0.95 * len(
+        [t for t in background if t >= 160]
     )
     assert refused[Priority.BACKGROUND] < len(background) // 2
 
@@ -185,4 +185,6 @@ async def test_processes_sharing_one_bucket_keep_its_budget_together(database_ur
     assert most_in_any_window(granted, window_s) <= hammer.BUDGET.limit
     # Close to the budget: the processes were held back by each other, not idle.
     span_s = max(granted) - min(granted)
-    assert len(granted) >= 0.8 * (hammer.BUDGET.burst + span_s / hammer.BUDGET.interval.total_seconds())
+    assert len(granted) >= 0.8 * (
+        hammer.BUDGET.burst + span_s / hammer.BUDGET.interval.total_seconds()
+    )
