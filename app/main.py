@@ -132,7 +132,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.api_keys.open_access:
             log.warning("OPEN ACCESS: API_KEYS is empty, every request may place and read calls")
         app.state.sessions = sessions
-        app.state.ops = OpsService(sessions)
+        app.state.ops = OpsService(sessions, exports_fleet_gauges=settings.run_jobs)
         app.state.call_limiter = client_limiter(engine, settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
         exotel = _exotel_client(app, settings, stack, engine)
