@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     exotel_region: Literal["singapore", "mumbai"] = "singapore"
     exotel_base_url: str | None = None
     exotel_caller_id: str | None = None
-    exotel_requests_per_minute: int = Field(180, ge=1, le=200)
+    exotel_requests_per_minute: int = Field(200, ge=1, le=200)
     exotel_timeout_s: float = Field(10.0, gt=0)
 
     public_base_url: str = "http://127.0.0.1:8000"
