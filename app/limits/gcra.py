@@ -75,7 +75,7 @@ class Buckets:
     """GCRA buckets in the `rate_limit_buckets` table, under one budget."""
 
     def __init__(self, engine: AsyncEngine, budget: Budget) -> None:
-        # Autocommit: the reservation is the whole transaction, one round trip.
+        # Autocommit: a reservation is one statement, with no BEGIN and COMMIT around it.
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.budget = budget
 
