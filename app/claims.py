@@ -8,23 +8,46 @@ once for a killed process (the socket closes), within the TCP keepalive settings
 a lost machine. Any other process can then ask which claims are held (`held`) and
 settle the work that no live session holds, instead of waiting for a fixed lease.
 
-Locks are 64-bit keys derived from (kind, id); `pg_locks` shows them, from any session,
-as classid (high 32 bits), objid (low 32 bits), objsubid 1; the queries below put them
-back together with `(classid::bigint << 32) | objid::bigint` (the shift wraps, so a
-negative key comes back negative).
+Locks are 64-bit keys derived from (kind, id): the first 64 bits of the id (random in a
+UUID4) XOR a constant of the kind, so that SQL can compute them too (`key_of`) and a
+query can skip the rows some session holds (`unheld`). `pg_locks` shows them, from any
+session, as classid (high 32 bits), objid (low 32 bits), objsubid 1; the queries below
+put them back together with `(classid::bigint << 32) | objid::bigint` (the shift wraps,
+so a negative key comes back negative).
+
+If the claims connection dies under a live process (Postgres restarted), its claims are
+gone: the next statement says so (ClaimsLost) and the one after opens a new session.
+Work that relied on a lost claim must stay safe without it (see app/jobs/reconciler.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import text
+import structlog
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    CompoundSelect,
+    Select,
+    Text,
+    cast,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.expression import Executable
+
+log = structlog.get_logger(__name__)
 
 _HELD_HERE = """
     SELECT EXISTS (
@@ -56,10 +79,34 @@ class ClaimsLost(Exception):
     """The session holding this process's claims is gone: none of them holds any more."""
 
 
-def claim_key(kind: ClaimKind, work_id: uuid.UUID) -> int:
-    """The advisory lock key of a claim: 64 bits of a hash, as Postgres' signed bigint."""
-    digest = hashlib.blake2b(kind.value.encode() + work_id.bytes, digest_size=8).digest()
+def _kind_mask(kind: ClaimKind) -> int:
+    digest = hashlib.blake2b(kind.value.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def claim_key(kind: ClaimKind, work_id: uuid.UUID) -> int:
+    """The advisory lock key of a claim, as Postgres' signed bigint (see `key_of`)."""
+    return int.from_bytes(work_id.bytes[:8], "big", signed=True) ^ _kind_mask(kind)
+
+
+def key_of(kind: ClaimKind, id_column: ColumnElement[uuid.UUID]) -> ColumnElement[int]:
+    """`claim_key` in SQL, for a uuid column: its first 16 hex digits as a bigint, XOR."""
+    first_hex_digits = func.translate(func.left(cast(id_column, Text), 18), "-", "")
+    first_64_bits = cast(cast(func.concat("x", first_hex_digits), BIT(64)), BigInteger)
+    return first_64_bits.op("#", return_type=BigInteger)(_kind_mask(kind))
+
+
+# Every advisory key some live session holds, as one bigint each.
+_HELD_KEYS = text(
+    "SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks"
+    " WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+).columns(key=BigInteger)
+
+
+def unheld(kind: ClaimKind, id_column: ColumnElement[uuid.UUID]) -> ColumnElement[bool]:
+    """True for the rows whose claim of `kind` no live session holds (one scan of
+    pg_locks per query, hashed)."""
+    return key_of(kind, id_column).not_in(_HELD_KEYS.subquery().select())
 
 
 class SessionClaims:
@@ -72,13 +119,21 @@ class SessionClaims:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._connection: AsyncConnection | None = None
+        self._started = False
         self._in_use = asyncio.Lock()
+        # Claims taken and released in the background (`claim_soon`), kept referenced.
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._connection = await self._engine.connect()
+        self._started = True
 
     async def close(self) -> None:
         """Release every claim (by ending the session) and the connection."""
+        self._started = False
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -86,28 +141,98 @@ class SessionClaims:
     @asynccontextmanager
     async def holding(self, kind: ClaimKind, work_id: uuid.UUID) -> AsyncIterator[None]:
         """Hold the claim while the block runs; ClaimTaken if another session holds it."""
-        key = claim_key(kind, work_id)
-        if not await self._execute("SELECT pg_try_advisory_lock(:key)", key):
+        if not await self.try_claim(kind, work_id):
             raise ClaimTaken(f"{kind.value} {work_id} is claimed by another session")
         try:
             yield
         finally:
-            await self._execute("SELECT pg_advisory_unlock(:key)", key)
+            await self.release(kind, work_id)
+
+    async def try_claim(self, kind: ClaimKind, work_id: uuid.UUID) -> bool:
+        """Take the claim if no other session holds it (1 round trip)."""
+        key = claim_key(kind, work_id)
+        return bool(await self._execute(text("SELECT pg_try_advisory_lock(:key)"), key=key))
+
+    async def release(self, kind: ClaimKind, work_id: uuid.UUID) -> None:
+        key = claim_key(kind, work_id)
+        await self._execute(text("SELECT pg_advisory_unlock(:key)"), key=key)
+
+    def claim_soon(self, kind: ClaimKind, work_id: uuid.UUID) -> BackgroundClaim:
+        """Claim in the background, without waiting: for work that stays safe if another
+        process acts on it before the claim lands (or after it is lost)."""
+        return BackgroundClaim(self, kind, work_id)
+
+    async def claim_first(
+        self,
+        kind: ClaimKind,
+        candidates: Select[tuple[uuid.UUID]] | CompoundSelect[tuple[uuid.UUID]],
+    ) -> uuid.UUID | None:
+        """Claim the first of `candidates` (ids, in order) that no session holds (1 round
+        trip). The candidates are read from a snapshot taken before the claim: the caller
+        checks, once it holds the claim, that the work is still to be done."""
+        # MATERIALIZED: the candidates are listed first, then tried in order, one at a
+        # time until one is taken, so no lock is taken on a row not returned.
+        listed = candidates.cte("candidates").prefix_with("MATERIALIZED")
+        [id_column] = listed.c
+        first = select(id_column).where(func.pg_try_advisory_lock(key_of(kind, id_column))).limit(1)
+        found = await self._execute(first)
+        return found if isinstance(found, uuid.UUID) else None
 
     async def still_held(self, kind: ClaimKind, work_id: uuid.UUID) -> bool:
         """Whether this session still holds the claim (and so is still alive)."""
-        return bool(await self._execute(_HELD_HERE, claim_key(kind, work_id)))
+        return bool(await self._execute(text(_HELD_HERE), key=claim_key(kind, work_id)))
 
-    async def _execute(self, query: str, key: int) -> object:
-        if self._connection is None:
+    async def _execute(self, statement: Executable, **params: object) -> object:
+        if not self._started:
             raise ClaimsLost("claims were not started, or were closed")
         async with self._in_use:
+            if self._connection is None:
+                # The last session died: a new one, holding nothing yet.
+                self._connection = await self._engine.connect()
+            connection = self._connection
             try:
-                return (await self._connection.execute(text(query), {"key": key})).scalar()
+                return (await connection.execute(statement, params)).scalar()
             except Exception as exc:
-                if self._connection.invalidated or self._connection.closed:
+                if connection.invalidated or connection.closed:
+                    self._connection = None
+                    with contextlib.suppress(Exception):
+                        await connection.close()
                     raise ClaimsLost("the session holding the claims is gone") from exc
                 raise
+
+
+class BackgroundClaim:
+    """A claim taken and released in the background, in that order; never raises."""
+
+    def __init__(self, claims: SessionClaims, kind: ClaimKind, work_id: uuid.UUID) -> None:
+        self._claims = claims
+        self._kind = kind
+        self._work_id = work_id
+        self._taken = self._spawn(self._take())
+
+    def release(self) -> None:
+        self._spawn(self._release())
+
+    async def _take(self) -> None:
+        try:
+            if not await self._claims.try_claim(self._kind, self._work_id):
+                log.warning("claim_taken_elsewhere", kind=self._kind.value, id=str(self._work_id))
+        except Exception as exc:
+            log.warning("claim_failed", kind=self._kind.value, error=type(exc).__name__)
+
+    async def _release(self) -> None:
+        await self._taken
+        try:
+            await self._claims.release(self._kind, self._work_id)
+        except Exception as exc:
+            log.warning("claim_release_failed", kind=self._kind.value, error=type(exc).__name__)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        background = self._claims._background
+        background.add(task)
+        task.add_done_callback(background.discard)
+        return task
 
 
 async def held(

@@ -22,6 +22,7 @@ from app.callbacks.service import CallbackInbox
 from app.calls.router import router as calls_router
 from app.calls.service import CallService
 from app.calls.tokens import CallbackTokens
+from app.claims import SessionClaims
 from app.config import (
     CONFIG_ERROR_EXIT,
     ConfigError,
@@ -172,17 +173,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         exotel = await _exotel_client(app, settings, stack, engine)
         app.state.callback_inbox = CallbackInbox(engine)
         await stack.enter_async_context(running_applier(engine))
+        # This process's claims on the work it does (app/claims.py): released together
+        # when it stops, or by Postgres when it dies.
+        claims = SessionClaims(engine)
+        await claims.start()
+        stack.push_async_callback(claims.close)
+        app.state.claims = claims
         app.state.calls = CallService(
             engine,
             exotel,
             app.state.tokens,
+            claims,
             public_base_url=settings.public_base_url,
             default_caller_id=settings.exotel_caller_id,
             default_country=settings.default_country,
             reconcile_after=timedelta(seconds=settings.reconcile_after_s),
         )
         if settings.run_jobs:
-            await stack.enter_async_context(running_jobs(settings, sessions, exotel))
+            await stack.enter_async_context(running_jobs(settings, sessions, exotel, claims))
         log.info("callbridge_started", live=settings.live)
         # What startup built (modules, models, compiled queries) lives as long as the
         # process: kept out of the collector's way, full collections stay short rather

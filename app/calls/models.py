@@ -78,6 +78,11 @@ class Call(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
+    # When the connect request got its place under the Exotel limit (app/limits/gcra.py):
+    # from then on it may have been sent. NULL: it surely was not (so a call left pending
+    # by a dead process may be failed at once, see app/jobs/reconciler.py).
+    connect_reserved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
     # Reconciliation bookkeeping.
     reconcile_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_reconcile_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

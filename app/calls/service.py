@@ -33,6 +33,7 @@ from app.calls.schemas import CallCreate, CallOut
 from app.calls.state import APPLIED_COLUMNS, CallState, LegState
 from app.calls.store import call_events, call_legs, calls
 from app.calls.tokens import CallbackTokens
+from app.claims import BackgroundClaim, ClaimKind, SessionClaims
 from app.config import ApiClient
 from app.errors import Problem, validation_problem
 from app.exotel.client import (
@@ -51,10 +52,12 @@ log = structlog.get_logger(__name__)
 
 # How long an unanswered connect request stays `unknown` before the reconciler looks.
 UNKNOWN_GRACE = timedelta(seconds=30)
-# A connect request takes at most EXOTEL_TIMEOUT_S (after at most 5 s waiting for the
-# outbound limit), so a call still `pending` this long after its row was committed was
-# left by a process that died while asking Exotel.
-STALE_PENDING = timedelta(minutes=2)
+# A call being placed is claimed by its process (app/claims.py) from before its row is
+# committed until Exotel's answer is recorded. The claim is taken in the background,
+# not waited for, so a pending call is left alone for this long: enough for the claim
+# to land. Past it, a pending call that no live process claims was left by a dead one,
+# and the reconciler settles it at once (app/jobs/reconciler.py).
+CLAIM_GRACE = timedelta(seconds=5)
 # Our snake_case option values, as Exotel spells them.
 EXOTEL_VALUES = {
     "callee": "Callee",
@@ -138,6 +141,7 @@ class CallService:
         engine: AsyncEngine,
         exotel: ExotelClient,
         tokens: CallbackTokens,
+        claims: SessionClaims,
         *,
         public_base_url: str,
         default_caller_id: str | None,
@@ -149,6 +153,7 @@ class CallService:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._exotel = exotel
         self._tokens = tokens
+        self._claims = claims
         self._public_base_url = public_base_url
         self._default_caller_id = default_caller_id
         self._default_country = default_country
@@ -161,20 +166,40 @@ class CallService:
     ) -> tuple[Answer, bool]:
         """Place the call; the boolean says whether the answer is an idempotent replay."""
         new = self._new_call(client, request, idempotency_key)
-        async with self._autocommit.connect() as conn:
-            if not await self._insert(conn, new):
-                # Another request with the same key got there first.
-                assert idempotency_key is not None
-                return await self._replay(conn, client, idempotency_key, new), True
-        call = new.state
-        log.info(
-            "call_pending",
-            call_id=str(call.id),
-            from_number=mask_number(call.from_number),
-            to_number=mask_number(call.to_number),
-        )
-        # Shielded: a client that hangs up must not stop us recording Exotel's answer.
-        return await asyncio.shield(self._ask_exotel(new)), False
+        # Claimed on this process's claims session, in the background: the claim's round
+        # trip runs beside the insert's, so placing waits for no extra round trip. Safety
+        # does not rest on the claim (a process that finds the call unclaimed may fail it
+        # only while its connect request surely was not sent: see `_ask_exotel`); the
+        # claim only tells live work from a dead process's, so that the latter is
+        # settled within seconds.
+        claim = self._claims.claim_soon(ClaimKind.PLACING, new.state.id)
+        asking = False
+        try:
+            async with self._autocommit.connect() as conn:
+                if not await self._insert(conn, new):
+                    # Another request with the same key got there first.
+                    assert idempotency_key is not None
+                    return await self._replay(conn, client, idempotency_key, new), True
+            call = new.state
+            log.info(
+                "call_pending",
+                call_id=str(call.id),
+                from_number=mask_number(call.from_number),
+                to_number=mask_number(call.to_number),
+            )
+            asking = True
+            # Shielded: a client that hangs up must not stop us recording Exotel's answer.
+            return await asyncio.shield(self._ask_exotel_claimed(new, claim)), False
+        finally:
+            if not asking:
+                # Nothing will be sent: unclaimed, the call is failed by the reconciler.
+                claim.release()
+
+    async def _ask_exotel_claimed(self, new: NewCall, claim: BackgroundClaim) -> Answer:
+        try:
+            return await self._ask_exotel(new)
+        finally:
+            claim.release()
 
     def _new_call(self, client: ApiClient, request: CallCreate, key: str | None) -> NewCall:
         errors = []
@@ -224,7 +249,7 @@ class CallService:
             "request_fingerprint": fingerprint,
             "created_at": now,
             "updated_at": now,
-            "next_reconcile_at": now + STALE_PENDING,
+            "next_reconcile_at": now + CLAIM_GRACE,
         }
         return NewCall(values, state)
 
@@ -306,7 +331,10 @@ class CallService:
             stream_begin=EXOTEL_VALUES.get(values["stream_begin"] or ""),
         )
         try:
-            exotel_call = await self._exotel.connect(request)
+            # The limiter marks the call as possibly sent (connect_reserved_at) in the
+            # statement that reserves its place, or refuses (ExotelNotSent) if another
+            # process already failed it as never sent: knowing "sent" costs no round trip.
+            exotel_call = await self._exotel.connect(request, call_id=new.state.id)
         except ExotelError as exc:
             return await self._record_failure(new.state, exc)
         answer = await self._record_placed(new.state, exotel_call)

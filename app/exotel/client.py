@@ -12,6 +12,7 @@ national form; callers compare them after parsing (app.calls.service.to_e164).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from app.exotel.schemas import (
     ExotelErrorEnvelope,
     ExotelRestException,
 )
-from app.limits.budget import LimitReached, Priority, RequestLimiter
+from app.limits.budget import CallSettled, LimitReached, Priority, RequestLimiter
 from app.metrics import EXOTEL_REQUEST_DURATION, EXOTEL_REQUESTS
 
 log = structlog.get_logger(__name__)
@@ -76,6 +77,11 @@ class ExotelRateLimited(ExotelError):
 
 class ExotelUnavailable(ExotelError):
     """Exotel answered 5xx, or could not be reached at all: nothing was placed."""
+
+
+class ExotelNotSent(ExotelError):
+    """The call was settled by another process before its connect request could leave
+    (as never sent, its process presumed dead): nothing was sent, and nothing may be."""
 
 
 class ExotelOutcomeUnknown(ExotelError):
@@ -187,9 +193,16 @@ class ExotelClient:
         self._calls_path = f"/v1/Accounts/{account_sid}/Calls"
         self._limiter = limiter
 
-    async def connect(self, request: ConnectRequest) -> ExotelCall:
-        """Ask Exotel to ring From, then To. Never retried once the request has left."""
-        response = await self._send("connect", "POST", "/connect.json", data=request.form())
+    async def connect(
+        self, request: ConnectRequest, *, call_id: uuid.UUID | None = None
+    ) -> ExotelCall:
+        """Ask Exotel to ring From, then To. Never retried once the request has left.
+
+        `call_id`: our pending call; the limiter marks it as possibly sent when it grants
+        the place, or raises ExotelNotSent if the call was settled meanwhile."""
+        response = await self._send(
+            "connect", "POST", "/connect.json", data=request.form(), sending=call_id
+        )
         try:
             return ExotelCallEnvelope.model_validate_json(response.content).call
         except ValidationError as exc:
@@ -346,9 +359,10 @@ class ExotelClient:
         *,
         data: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
+        sending: uuid.UUID | None = None,
     ) -> httpx.Response:
         url = path if path.startswith("/v1/") else self._calls_path + path
-        await self._wait_for_rate_limit(operation)
+        await self._wait_for_rate_limit(operation, sending)
         started = time.perf_counter()
         try:
             response = await self._http.request(method, url, data=data, params=params)
@@ -367,7 +381,7 @@ class ExotelClient:
             raise self._error(response)
         return response
 
-    async def _wait_for_rate_limit(self, operation: str) -> None:
+    async def _wait_for_rate_limit(self, operation: str, sending: uuid.UUID | None) -> None:
         """Wait for a place under EXOTEL_REQUESTS_PER_MINUTE, shared by the whole fleet.
 
         Placing a call goes first; lookups take only places that placing leaves spare.
@@ -376,7 +390,10 @@ class ExotelClient:
         """
         priority = Priority.PLACING if operation == "connect" else Priority.BACKGROUND
         try:
-            await self._limiter.acquire(priority)
+            await self._limiter.acquire(priority, sending=sending)
+        except CallSettled:
+            self._record(operation, "settled_elsewhere", time.perf_counter())
+            raise ExotelNotSent("The call was settled elsewhere before it was sent") from None
         except LimitReached as refused:
             self._record(operation, "throttled", time.perf_counter())
             raise ExotelRateLimited(

@@ -4,64 +4,93 @@ A call is due when its `next_reconcile_at` has passed; CallService sets it when 
 stores the call:
 - placed, not finished: RECONCILE_AFTER_S after creation. The call is then read with
   Exotel's call-details API, by Sid.
-- `unknown` (the connect answer was lost): 30 s after the attempt; `pending` (the
-  process died while asking Exotel): 2 minutes after creation. Such a call has no
-  Sid, so it is searched for with the bulk call-details API, by its numbers and
-  creation time. Exactly one match that no other call owns is attached and applied,
-  unless another unsettled call between the same numbers could be its owner; several
-  candidates leave the call as it is (a wrong Sid is worse than none), logged and
-  counted; none, once RECONCILE_UNKNOWN_GRACE_S have passed since the attempt, fail
-  the call, and its Idempotency-Key is released so that a retry may place it.
+- `unknown` (the connect answer was lost): 30 s after the attempt. It has no Sid, so
+  it is searched for with the bulk call-details API, by its numbers and creation time.
+  Exactly one match that no other call owns is attached and applied, unless another
+  unsettled call between the same numbers could be its owner; several candidates leave
+  the call as it is (a wrong Sid is worse than none), logged and counted; none, once
+  RECONCILE_UNKNOWN_GRACE_S have passed since the attempt, fail the call, and its
+  Idempotency-Key is released so that a retry may place it.
+- `pending`: a few seconds (CLAIM_GRACE) after creation, if no live process claims it
+  (app/claims.py): the process placing it died. If its connect request surely never
+  left (no place was reserved for it under the Exotel limit: `connect_reserved_at` is
+  NULL), it is failed at once and its Idempotency-Key released; that conditional UPDATE
+  and the limiter's reservation lock the same row, so a live but slow process can never
+  send a call failed here (app/limits/gcra.py). If it may have left, it is searched for
+  by its numbers, as an `unknown` call is.
 
 What Exotel answers is stored as a `reconcile` event and applied through
 `apply_update`, under the same rules as callbacks. A look that does not settle
 the call schedules the next one RECONCILE_INTERVAL_S * 2**(looks - 1) later, at most
 an hour; after RECONCILE_GIVE_UP_S from creation the call is left as it is, and
-logged. Reconciliation never places a call, and a backlog of due calls takes about a
-third of the Exotel rate limit it shares with placing calls.
+logged. A Sid that Exotel answers 404 for on SID_NOT_FOUND_LOOKS looks is left
+`unknown` with an error saying so, and no longer looked at. Reconciliation never places
+a call. Its requests go through the fleet's Exotel limiter at background priority:
+they take only places that placing calls leave spare, and a run stops when none is
+left (the calls stay due for the next run).
 
-Replicas share the work: a call is claimed with FOR UPDATE SKIP LOCKED and its
-`next_reconcile_at` moved past the look (a lease), so no other process looks at it
-meanwhile; if the process dies, the lease ends and the look is done again.
+Runners share the work through session claims (app/claims.py): a runner claims a due
+call with an advisory lock on its claims session, skipping calls another session holds
+(the SKIP LOCKED of advisory locks), looks, schedules the next look, then releases. If
+the runner dies, Postgres frees its claims at once, and any other runner looks at the
+call on its next run: seconds, not a lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, Select, func, insert, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.calls import store
 from app.calls.apply import Applied, apply_update, is_terminal
-from app.calls.models import Call
+from app.calls.models import Call, CallEvent
 from app.calls.service import mask_number, to_e164
 from app.calls.state import CallState
+from app.calls.store import calls
+from app.claims import ClaimKind, SessionClaims, unheld
 from app.config import Settings
-from app.exotel.client import CallDetails, ExotelClient, ExotelError, exotel_time
+from app.exotel.client import (
+    CallDetails,
+    ExotelClient,
+    ExotelError,
+    ExotelRateLimited,
+    exotel_time,
+)
 from app.exotel.schemas import CallUpdate, ExotelCall
-from app.metrics import RECONCILE_OUTCOMES
+from app.metrics import RECONCILE_OUTCOMES, record_status_change
 
 log = structlog.get_logger(__name__)
 
-# Longer than one look takes (an Exotel request or two, bounded by EXOTEL_TIMEOUT_S).
-CLAIM_LEASE = timedelta(minutes=5)
+# Due calls a claim chooses from, in order: more than the runners that may be
+# claiming at once.
+CANDIDATES = 20
+# Looks that found Exotel answering 404 for a call's Sid before the call is left alone.
+SID_NOT_FOUND_LOOKS = 5
 MAX_BACKOFF_S = 3600.0
-# Looks share the Exotel rate limit with calls being placed: a backlog of due calls may
-# use about this share of it, the rest staying for placing calls.
-RATE_LIMIT_SHARE = 1 / 3
 # Exotel's clock against ours, and how late after our row the connect request may have
 # left (the rate limiter may have held it): the bulk search window around creation.
 CLOCK_SKEW = timedelta(minutes=2)
 SEARCH_SPAN = timedelta(minutes=10)
 UNRESOLVED = ("unknown", "pending")
+NEVER_SENT = "The process placing this call stopped before sending it to Exotel: it was not placed"
+ABANDONED = (
+    "The process placing this call stopped after its request may have left for Exotel: "
+    "its outcome is not known yet"
+)
+SID_UNKNOWN = (
+    f"Exotel answered 404 (no such call) for this call's Sid on {SID_NOT_FOUND_LOOKS} looks: "
+    "its outcome cannot be known, and Callbridge stopped looking"
+)
 NOT_PLACED = (
     "Exotel has no call from and to these numbers created when this one was requested: "
     "the connect request did not place it (found by reconciliation)"
@@ -79,6 +108,8 @@ class _Due:
     to_number: str
     created_at: datetime
     look: int
+    # Whether a place under the Exotel limit was reserved for its connect request.
+    connect_reserved: bool
 
 
 class Reconciler:
@@ -87,16 +118,16 @@ class Reconciler:
         sessions: async_sessionmaker[AsyncSession],
         exotel: ExotelClient,
         settings: Settings,
+        claims: SessionClaims,
     ) -> None:
         self._sessions = sessions
         self._exotel = exotel
+        self._claims = claims
         self._interval_s = settings.reconcile_interval_s
         self._after = timedelta(seconds=settings.reconcile_after_s)
         self._unknown_grace = timedelta(seconds=settings.reconcile_unknown_grace_s)
         self._give_up = timedelta(seconds=settings.reconcile_give_up_s)
         self._country = settings.default_country
-        per_run = settings.exotel_requests_per_minute * RATE_LIMIT_SHARE
-        self._looks_per_run = max(1, int(per_run * settings.reconcile_interval_s / 60))
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Every RECONCILE_INTERVAL_S, look at the due calls, until `stopping` is set."""
@@ -110,87 +141,119 @@ class Reconciler:
                     await stopping.wait()
 
     async def run_once(self, stopping: asyncio.Event | None = None) -> int:
-        """Look at the calls that are due, one at a time; return how many were looked at."""
+        """Look at the due calls, one at a time, until none is left or the Exotel limit
+        has no place to spare; return how many were looked at."""
         looks = 0
-        while looks < self._looks_per_run and not (stopping is not None and stopping.is_set()):
+        while not (stopping is not None and stopping.is_set()):
             due = await self._claim()
             if due is None:
                 break
-            looks += 1
             try:
                 outcome = await self._look(due)
             except asyncio.CancelledError:
-                await asyncio.shield(self._release(due))
+                await asyncio.shield(self._unclaim(due, looked=False))
                 raise
             except Exception:
-                # The lease stands: the call is looked at again when it ends.
                 log.exception("reconcile_look_failed", call_id=str(due.id))
                 outcome = "error"
+                with contextlib.suppress(Exception):
+                    await self._reschedule(due)
+            if outcome == "throttled":
+                # No place to spare: this was no look. The call stays due for the next run.
+                await self._unclaim(due, looked=False)
+                break
+            await self._unclaim(due, looked=True)
+            looks += 1
             RECONCILE_OUTCOMES.labels(outcome).inc()
         return looks
 
     async def _claim(self) -> _Due | None:
-        async with self._sessions() as session, session.begin():
-            query = (
-                select(
-                    Call.id,
-                    Call.sid,
-                    Call.status,
-                    Call.from_number,
-                    Call.to_number,
-                    Call.created_at,
-                    Call.reconcile_attempts,
-                )
-                .where(Call.next_reconcile_at <= func.now())
-                .order_by(Call.next_reconcile_at)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            row = (await session.execute(query)).one_or_none()
-            if row is None:
-                return None
-            due = _Due(
-                id=row.id,
-                sid=row.sid,
-                status=row.status,
-                from_number=row.from_number,
-                to_number=row.to_number,
-                created_at=row.created_at,
-                look=row.reconcile_attempts + 1,
-            )
-            await session.execute(
-                update(Call)
-                .where(Call.id == due.id)
-                .values(
-                    next_reconcile_at=func.now() + CLAIM_LEASE,
-                    reconcile_attempts=due.look,
-                    updated_at=Call.updated_at,
-                )
-            )
-        return due
+        """Claim the first due call no other runner holds and no live process is placing
+        (2 round trips: the claim on the claims session, then the count of looks)."""
 
-    async def _release(self, due: _Due) -> None:
-        """Undo the claim of a look that was interrupted (the process is stopping)."""
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(Call)
-                .where(Call.id == due.id, Call.reconcile_attempts == due.look)
-                .values(
-                    next_reconcile_at=func.now(),
-                    reconcile_attempts=due.look - 1,
-                    updated_at=Call.updated_at,
+        def due(*where: ColumnElement[bool]) -> Select[tuple[uuid.UUID]]:
+            return (
+                select(calls.c.id)
+                .where(
+                    calls.c.next_reconcile_at <= func.now(),
+                    unheld(ClaimKind.RECONCILING, calls.c.id),
+                    *where,
                 )
+                .order_by(calls.c.next_reconcile_at)
+                .limit(CANDIDATES)
             )
+
+        # Calls their dead process left pending first: their clients wait on them (409
+        # for their key) and there are few; then the others, in order.
+        candidates = union_all(
+            due(calls.c.status == "pending", unheld(ClaimKind.PLACING, calls.c.id)),
+            due(calls.c.status != "pending"),
+        )
+        while (
+            call_id := await self._claims.claim_first(ClaimKind.RECONCILING, candidates)
+        ) is not None:
+            # Chosen from a snapshot taken before the claim: another runner may have
+            # looked at it meanwhile. Still due, it is ours.
+            async with self._sessions() as session, session.begin():
+                row = (
+                    await session.execute(
+                        update(Call)
+                        .where(Call.id == call_id, Call.next_reconcile_at <= func.now())
+                        .values(
+                            reconcile_attempts=Call.reconcile_attempts + 1,
+                            updated_at=Call.updated_at,
+                        )
+                        .returning(
+                            Call.sid,
+                            Call.status,
+                            Call.from_number,
+                            Call.to_number,
+                            Call.created_at,
+                            Call.reconcile_attempts,
+                            Call.connect_reserved_at,
+                        )
+                    )
+                ).one_or_none()
+            if row is not None:
+                return _Due(
+                    id=call_id,
+                    sid=row.sid,
+                    status=row.status,
+                    from_number=row.from_number,
+                    to_number=row.to_number,
+                    created_at=row.created_at,
+                    look=row.reconcile_attempts,
+                    connect_reserved=row.connect_reserved_at is not None,
+                )
+            await self._claims.release(ClaimKind.RECONCILING, call_id)
+        return None
+
+    async def _unclaim(self, due: _Due, *, looked: bool) -> None:
+        """Release the claim; a look that did not happen is not counted."""
+        if not looked:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    update(Call)
+                    .where(Call.id == due.id, Call.reconcile_attempts == due.look)
+                    .values(reconcile_attempts=due.look - 1, updated_at=Call.updated_at)
+                )
+        await self._claims.release(ClaimKind.RECONCILING, due.id)
 
     async def _look(self, due: _Due) -> str:
         if is_terminal(due.status):
             async with self._sessions() as session, session.begin():
                 await _schedule(session, due.id, None)
             return "final"
+        if due.status == "pending":
+            if not due.connect_reserved:
+                return await self._fail_never_sent(due)
+            due = await self._left_unknown(due)
         try:
             if due.sid is not None:
                 return await self._by_sid(due, due.sid)
             return await self._by_numbers(due)
+        except ExotelRateLimited:
+            return "throttled"
         except ExotelError as exc:
             log.warning(
                 "reconcile_exotel_failed",
@@ -205,13 +268,105 @@ class Reconciler:
         details = await self._exotel.call_details(sid)
         if details is None:
             log.warning("reconcile_sid_unknown_to_exotel", call_id=str(due.id), sid=sid)
-            await self._reschedule(due)
-            return "sid_not_found"
+            return await self._sid_not_found(due, sid)
         async with self._sessions() as session, session.begin():
             call = await _lock(session, due.id)
             applied = await _apply(session, call, details)
             await self._schedule_next(session, due, call)
         return _outcome(applied)
+
+    async def _sid_not_found(self, due: _Due, sid: str) -> str:
+        """Note Exotel's 404 as an event; on the SID_NOT_FOUND_LOOKS-th, stop looking.
+
+        The call had a Sid, so Exotel accepted it: `failed` would say it was not placed,
+        and its last status (say `in-progress`) would say it still runs. `unknown` with
+        an error is what it is: placed, outcome not known. A late callback may still
+        settle it."""
+        async with self._sessions() as session, session.begin():
+            call = await _lock(session, due.id)
+            if call.sid != sid or is_terminal(call.status):
+                await self._schedule_next(session, due, call)
+                return "settled_meanwhile"
+            unchanged = Applied(changed=False, previous_status=call.status, status=call.status)
+            record = json.dumps({"Sid": sid, "Status": 404}).encode()
+            await _store_event(session, call.id, sid, "sid_not_found", None, record, unchanged)
+            found_missing = await session.scalar(
+                select(func.count()).where(
+                    CallEvent.call_id == call.id,
+                    CallEvent.source == "reconcile",
+                    CallEvent.event_type == "sid_not_found",
+                )
+            )
+            if (found_missing or 0) < SID_NOT_FOUND_LOOKS:
+                await _schedule(session, due.id, self._next_look(due))
+                return "sid_not_found"
+            await session.execute(
+                update(Call)
+                .where(Call.id == call.id)
+                .values(
+                    status="unknown",
+                    error_status=404,
+                    error_code=None,
+                    error_message=SID_UNKNOWN,
+                    next_reconcile_at=None,
+                    updated_at=func.now(),
+                )
+            )
+        record_status_change(call.status, "unknown")
+        log.warning("reconcile_sid_never_found", call_id=str(due.id), sid=sid, looks=due.look)
+        return "sid_unknown"
+
+    async def _left_unknown(self, due: _Due) -> _Due:
+        """A call its dead process may have sent is `unknown` from now on, like one whose
+        connect answer was lost: a retry with its key is told to read the call (504)
+        rather than to retry shortly (409), and it is searched for by its numbers."""
+        async with self._sessions() as session, session.begin():
+            changed = await session.execute(
+                update(Call)
+                .where(Call.id == due.id, Call.status == "pending", Call.sid.is_(None))
+                .values(status="unknown", error_message=ABANDONED, updated_at=func.now())
+                .returning(Call.id)
+            )
+        if changed.first() is not None:
+            record_status_change("pending", "unknown")
+            log.warning("reconcile_placing_abandoned", call_id=str(due.id))
+        return dataclasses.replace(due, status="unknown")
+
+    async def _fail_never_sent(self, due: _Due) -> str:
+        """Fail a call its dead process never sent, and release its key (see the module
+        docstring for why no live process can send it after this)."""
+        async with self._sessions() as session, session.begin():
+            reserved = await session.execute(
+                select(Call.connect_reserved_at)
+                .where(Call.id == due.id, Call.status == "pending")
+                .with_for_update()
+            )
+            row = reserved.one_or_none()
+            if row is None:
+                # Its process recorded Exotel's answer after all, and scheduled the call.
+                return "settled_meanwhile"
+            if row.connect_reserved_at is not None:
+                # Reserved since the claim: it may have left; look for it next run.
+                await _schedule(session, due.id, datetime.now(UTC))
+                return "maybe_sent"
+            call = await _lock(session, due.id)
+            applied = apply_update(call, CallUpdate(status="failed"))
+            await store.save_applied(await session.connection(), [(call, applied)])
+            record = json.dumps({"ConnectReserved": False}).encode()
+            await _store_event(session, call.id, None, "never_sent", "failed", record, applied)
+            await session.execute(
+                update(Call)
+                .where(Call.id == call.id)
+                .values(
+                    error_status=None,
+                    error_code=None,
+                    error_message=NEVER_SENT,
+                    idempotency_key=None,
+                    updated_at=Call.updated_at,
+                )
+            )
+        log.warning("reconcile_never_sent", call_id=str(due.id))
+        return "never_sent"
 
     async def _by_numbers(self, due: _Due) -> str:
         listed = await self._exotel.find_calls(

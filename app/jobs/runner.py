@@ -12,6 +12,7 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.claims import SessionClaims
 from app.config import Settings
 from app.exotel.client import ExotelClient
 from app.jobs.reconciler import Reconciler
@@ -42,7 +43,10 @@ def notify_secret(settings: Settings) -> str:
 
 @asynccontextmanager
 async def running_jobs(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], exotel: ExotelClient
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    exotel: ExotelClient,
+    claims: SessionClaims,
 ) -> AsyncIterator[None]:
     """Run the reconciler and the relay while the context is open."""
     async with httpx.AsyncClient(
@@ -51,7 +55,7 @@ async def running_jobs(
         # Connects to public addresses only, checked after each DNS lookup (notify_targets).
         transport=PublicOnlyTransport(settings.notify_allowed_hosts),
     ) as http:
-        reconciler = Reconciler(sessions, exotel, settings)
+        reconciler = Reconciler(sessions, exotel, settings, claims)
         relay = Relay(sessions, http, notify_secret(settings), settings)
         stopping = asyncio.Event()
         tasks = [

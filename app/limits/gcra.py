@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
-from app.limits.budget import Budget, LimitReached, Priority
+from app.limits.budget import Budget, CallSettled, LimitReached, Priority
 
 # A refusal's wait is a hint read from the statement's snapshot; never poll faster than this.
 MIN_POLL_S = 0.01
@@ -50,14 +51,50 @@ _RESERVE = text(
         RETURNING bucket.tat
     )
     SELECT true AS granted,
-           extract(epoch FROM tat - :tolerance - clock_timestamp())::float8 AS wait_s
+           extract(epoch FROM tat - :tolerance - clock_timestamp())::float8 AS wait_s,
+           true AS sendable
     FROM reserved
     UNION ALL
     SELECT false,
            extract(epoch FROM greatest(tat, clock_timestamp()) + :interval - :tolerance
-                              - clock_timestamp())::float8
+                              - clock_timestamp())::float8,
+           true
     FROM rate_limit_buckets
     WHERE key = :key AND NOT EXISTS (SELECT FROM reserved)
+    """
+)
+
+
+# The same, for a call's connect request, and only while the call is still pending: the
+# call row is locked, the place reserved, and the call marked as possibly sent from now
+# on, all in the one statement that was already on the placing path (no extra round
+# trip). A process settling a call left pending by a dead one does so with a conditional
+# UPDATE on the same row, so exactly one of the two wins: either the call is failed as
+# never sent and no place is granted here, or the place is granted and the call is marked.
+_RESERVE_TO_SEND = text(
+    """
+    WITH call AS (
+        SELECT id FROM calls WHERE id = :call_id AND status = 'pending' FOR UPDATE
+    ), reserved AS (
+        INSERT INTO rate_limit_buckets AS bucket (key, tat)
+        SELECT :key, clock_timestamp() + :interval WHERE EXISTS (SELECT FROM call)
+        ON CONFLICT (key) DO UPDATE
+            SET tat = greatest(bucket.tat, clock_timestamp()) + :interval
+            WHERE greatest(bucket.tat, clock_timestamp()) + :interval - :tolerance
+                  <= clock_timestamp() + :max_wait
+        RETURNING bucket.tat
+    ), marked AS (
+        UPDATE calls SET connect_reserved_at = clock_timestamp()
+        WHERE id IN (SELECT id FROM call) AND EXISTS (SELECT FROM reserved)
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT FROM marked) AS granted,
+           extract(epoch FROM coalesce(
+               (SELECT tat FROM reserved),
+               (SELECT greatest(tat, clock_timestamp()) + :interval FROM rate_limit_buckets
+                WHERE key = :key)
+           ) - :tolerance - clock_timestamp())::float8 AS wait_s,
+           EXISTS (SELECT FROM call) AS sendable
     """
 )
 
@@ -69,6 +106,8 @@ class Reservation:
 
     granted: bool
     wait_s: float
+    # False: the call being sent is no longer pending (nothing was reserved).
+    sendable: bool = True
 
 
 class Buckets:
@@ -80,21 +119,34 @@ class Buckets:
         self.budget = budget
 
     async def reserve(
-        self, key: str, priority: Priority, *, max_wait: timedelta = timedelta(0)
+        self,
+        key: str,
+        priority: Priority,
+        *,
+        max_wait: timedelta = timedelta(0),
+        sending: uuid.UUID | None = None,
     ) -> Reservation:
-        """Take the next place in bucket `key` if it comes within `max_wait`."""
-        params = {
+        """Take the next place in bucket `key` if it comes within `max_wait`; for the
+        connect request of call `sending`, only while that call is pending."""
+        params: dict[str, object] = {
             "key": key,
             "interval": self.budget.interval,
             "tolerance": self.budget.tolerance(priority),
             "max_wait": max_wait,
         }
+        statement = _RESERVE
+        if sending is not None:
+            statement, params["call_id"] = _RESERVE_TO_SEND, sending
         async with self._engine.connect() as connection:
-            row = (await connection.execute(_RESERVE, params)).one_or_none()
-        if row is None:
+            row = (await connection.execute(statement, params)).one_or_none()
+        if row is None or row.wait_s is None:
             # The bucket was created after this statement's snapshot: try again soon.
-            return Reservation(granted=False, wait_s=self.budget.interval.total_seconds())
-        return Reservation(granted=row.granted, wait_s=row.wait_s)
+            return Reservation(
+                granted=False,
+                wait_s=self.budget.interval.total_seconds(),
+                sendable=row is None or row.sendable,
+            )
+        return Reservation(granted=row.granted, wait_s=row.wait_s, sendable=row.sendable)
 
 
 class FleetLimiter:
@@ -112,13 +164,17 @@ class FleetLimiter:
         self._key = key
         self._max_wait_s = max_wait_s
 
-    async def acquire(self, priority: Priority) -> None:
+    async def acquire(self, priority: Priority, *, sending: uuid.UUID | None = None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_wait_s
         while True:
             left_s = max(0.0, deadline - loop.time())
             may_queue = timedelta(seconds=left_s if priority is Priority.PLACING else 0)
-            reservation = await self._buckets.reserve(self._key, priority, max_wait=may_queue)
+            reservation = await self._buckets.reserve(
+                self._key, priority, max_wait=may_queue, sending=sending
+            )
+            if not reservation.sendable:
+                raise CallSettled(f"call {sending} is no longer pending")
             if reservation.granted:
                 if reservation.wait_s > 0:
                     await asyncio.sleep(reservation.wait_s)

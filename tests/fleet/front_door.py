@@ -7,6 +7,7 @@ would have received from the whole fleet, in the order and at the times it arriv
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ def operation_of(method: str, path: str) -> str:
 class FrontDoor:
     upstream: httpx.AsyncClient  # base_url: the simulator
     limit: int
+    # Seconds each kind of request takes at Exotel, on top of the simulator's own time:
+    # work stays in flight long enough to be caught by a kill.
+    delay_s: dict[str, float] = field(default_factory=dict)
     arrivals: list[Arrival] = field(default_factory=list)
     _accepted: deque[float] = field(default_factory=deque)
 
@@ -67,6 +71,7 @@ class FrontDoor:
                 status_code=429,
                 headers={"Retry-After": "30"},
             )
+        await asyncio.sleep(self.delay_s.get(operation, 0.0))
         answer = await self.upstream.request(
             request.method,
             request.url.path,

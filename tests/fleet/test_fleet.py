@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -36,6 +38,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from app.claims import ClaimKind, claim_key
 from app.db import PROJECT_ROOT
 from app.limits.budget import Budget
 from app.limits.gcra import CLIENT_SLACK, EXOTEL_SEND_SLACK
@@ -319,3 +322,147 @@ def check(
         if not refused_here:
             problems.append(f"client {client} never met its limit: was it driven hard?")
     return problems
+
+
+# -- kill -9 of a replica: the claims it held are freed with its session ----------------
+
+VICTIM = "fleet-victim"  # its application_name in pg_stat_activity
+KILL_SETTLE_S = 30.0
+KILL_SETTINGS: dict[str, object] = {
+    **SETTINGS,
+    "run_jobs": "true",
+    "reconcile_after_s": 1,
+    "reconcile_interval_s": 1,
+    "calls_per_minute_per_client": 100_000,
+}
+# Every request spends this long at "Exotel": the kill finds connect requests in flight
+# and lookups under way (reconcile claims held).
+EXOTEL_DELAY_S = {"connect": 1.0, "call_details": 1.0, "bulk_details": 1.0}
+
+
+def victims_claims(database_url: str) -> tuple[dict[uuid.UUID, str], dict[uuid.UUID, int]]:
+    """The calls the victim holds a claim on: (placing: call -> status, reconciling: call
+    -> its looks so far)."""
+    with psycopg.connect(database_url) as conn:
+        keys = {
+            key
+            for (key,) in conn.execute(
+                "SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l"
+                " JOIN pg_stat_activity a USING (pid) WHERE a.application_name = %s"
+                " AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1",
+                (VICTIM,),
+            )
+        }
+        rows = conn.execute("SELECT id, status, reconcile_attempts FROM calls").fetchall()
+    placing = {id_: status for id_, status, _ in rows if claim_key(ClaimKind.PLACING, id_) in keys}
+    reconciling = {
+        id_: looks for id_, _, looks in rows if claim_key(ClaimKind.RECONCILING, id_) in keys
+    }
+    return placing, reconciling
+
+
+def progress(database_url: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT id, status, reconcile_attempts FROM calls WHERE id = ANY(%s)", (list(ids),)
+        ).fetchall()
+    return {id_: (status, looks) for id_, status, looks in rows}
+
+
+async def place_until(replica: Server, stop: asyncio.Event, callers: int) -> Counter[int]:
+    answers: Counter[int] = Counter()
+
+    async def caller(http: httpx.AsyncClient, index: int) -> None:
+        for n in range(1000):
+            if stop.is_set():
+                return
+            try:
+                response = await http.post(
+                    f"{replica.url}/calls",
+                    json={"from": "+919876543210", "to": f"+9197{index}{n:03d}0000"},
+                    headers={
+                        "Authorization": f"Bearer {secret(CLIENTS[0])}",
+                        "Idempotency-Key": f"kill-{index}-{n}",
+                    },
+                )
+            except httpx.TransportError:
+                answers[0] += 1
+                return  # the replica is gone
+            answers[response.status_code] += 1
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        await asyncio.gather(*(caller(http, index) for index in range(callers)))
+    return answers
+
+
+async def test_a_killed_replicas_work_is_taken_up_within_seconds(report: Report) -> None:
+    """kill -9 a replica while it places calls and looks some up: every call it held a
+    claim on is settled (placing) or looked at again (reconciling) by the other replica
+    within 30 s; the times are printed."""
+    warm_up_s, callers = (15.0, 6) if full() else (4.0, 3)
+    server_url, _ = postgres_server(os.environ.get("TEST_DATABASE_URL"))
+    name = f"callbridge_kill_{os.getpid()}"
+    database = await asyncio.to_thread(create_database, server_url, name, migrated=True)
+    exotel = simulator("kill-simulator", speed=2)
+    victim: Server | None = None
+    survivor: Server | None = None
+    try:
+        await asyncio.to_thread(exotel.start)
+        async with front_door(exotel.url) as (door, door_url):
+            door.delay_s = EXOTEL_DELAY_S
+            victim = callbridge(database, door_url, VICTIM, KILL_SETTINGS)
+            url = f"{victim.env['DATABASE_URL']}?application_name={VICTIM}"
+            victim.env = {**victim.env, "DATABASE_URL": url}
+            survivor = callbridge(database, door_url, "fleet-survivor", KILL_SETTINGS)
+            for replica in (victim, survivor):
+                await asyncio.to_thread(replica.start)
+
+            stop = asyncio.Event()
+            placing = asyncio.create_task(place_until(victim, stop, callers))
+            await asyncio.sleep(warm_up_s)
+            held_placing, held_reconciling = await asyncio.to_thread(victims_claims, database)
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            stop.set()
+            answers = await placing
+
+            waiting = {**{id_: "placing" for id_ in held_placing}}
+            waiting |= {id_: "reconciling" for id_ in held_reconciling}
+            taken_up: dict[uuid.UUID, float] = {}
+            while len(taken_up) < len(waiting) and time.monotonic() - killed_at < KILL_SETTLE_S:
+                now = await asyncio.to_thread(progress, database, list(waiting))
+                for id_, (status, looks) in now.items():
+                    if id_ in taken_up:
+                        continue
+                    if waiting[id_] == "placing":
+                        done = status != "pending" or looks > 0
+                    else:
+                        done = looks > held_reconciling[id_]
+                    if done:
+                        taken_up[id_] = time.monotonic() - killed_at
+                await asyncio.sleep(0.2)
+    finally:
+        for stopping in (victim, survivor):
+            if stopping is not None:
+                await asyncio.to_thread(stopping.stop)
+        await asyncio.to_thread(exotel.stop)
+    await asyncio.to_thread(drop_database, server_url, name)
+
+    def times(kind: str) -> str:
+        found = sorted(at for id_, at in taken_up.items() if waiting[id_] == kind)
+        if not found:
+            return f"{kind}: none"
+        return (
+            f"{kind}: {len(found)} taken up, median {statistics.median(found):.1f} s, "
+            f"max {found[-1]:.1f} s"
+        )
+
+    report.add(
+        f"victim answered {dict(answers)} before kill -9 after {warm_up_s:.0f} s; it held "
+        f"{len(held_placing)} placing claims (statuses "
+        f"{dict(Counter(held_placing.values()))}) and {len(held_reconciling)} reconcile claims"
+    )
+    report.add(f"after kill -9: {times('placing')}; {times('reconciling')}")
+    left = [f"{waiting[id_]} {id_}" for id_ in waiting if id_ not in taken_up]
+    assert held_placing, "the victim held no placing claim when killed: was it placing?"
+    assert not left, f"not taken up within {KILL_SETTLE_S:.0f} s: {left[:5]}"

@@ -17,9 +17,19 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select, text, update
 
 from app.calls.models import Call, CallEvent, Leg
+from app.calls.service import CLAIM_GRACE
+from app.claims import ClaimKind, SessionClaims
 from app.exotel.client import ExotelClient, build_http_client
 from app.exotel.schemas import TERMINAL_STATUSES
-from app.jobs.reconciler import NOT_PLACED, Reconciler
+from app.jobs.reconciler import (
+    ABANDONED,
+    NEVER_SENT,
+    NOT_PLACED,
+    SID_NOT_FOUND_LOOKS,
+    SID_UNKNOWN,
+    Reconciler,
+)
+from app.limits.budget import LimitReached, Priority
 from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE
 from tests.exotel_samples import connect_answer
 from tests.jobs.conftest import AppFactory, LiveSimulator, RunningApp, eventually
@@ -142,7 +152,7 @@ class Reconciling:
 
     def reconciler(self) -> Reconciler:
         app = self.running.app
-        return Reconciler(app.state.sessions, self.exotel, app.state.settings)
+        return Reconciler(app.state.sessions, self.exotel, app.state.settings, app.state.claims)
 
 
 @pytest.fixture
@@ -258,21 +268,8 @@ async def test_a_call_left_pending_by_a_dead_process_is_found_by_its_numbers(
     reconciling: Reconciling, exotel: respx.MockRouter
 ) -> None:
     running, reconciler = reconciling.running, reconciling.reconciler()
-    async with running.app.state.sessions() as session, session.begin():
-        pending = Call(
-            status="pending",
-            from_number=FROM,
-            to_number=TO,
-            caller_id="+918047112233",
-            api_client="orders",
-            created_at=datetime.now(UTC) - timedelta(minutes=3),
-            next_reconcile_at=datetime.now(UTC),
-        )
-        session.add(pending)
-        await session.flush()
-        session.add_all(
-            [Leg(call_id=pending.id, leg=0, number=FROM), Leg(call_id=pending.id, leg=1, number=TO)]
-        )
+    # Its connect request had its place under the limit: it may have been sent.
+    pending = await left_pending(running, reserved=True, age=timedelta(minutes=3))
     # Exotel writes numbers its own way; they are compared in E.164.
     bulk = exotel.get(".json").respond(
         200, json=listing(listed("found-sid", to="09123456789", from_="09876543210"))
@@ -303,6 +300,225 @@ async def test_a_call_left_pending_by_a_dead_process_is_found_by_its_numbers(
     query = dict(bulk.calls.last.request.url.params)
     assert query["To"] == TO
     assert query["DateCreated"].startswith("gte:")
+
+
+async def left_pending(
+    running: RunningApp, *, reserved: bool, age: timedelta, key: str | None = None
+) -> Call:
+    """A call left `pending` by a process that died while placing it."""
+    now = datetime.now(UTC)
+    async with running.app.state.sessions() as session, session.begin():
+        pending = Call(
+            status="pending",
+            from_number=FROM,
+            to_number=TO,
+            caller_id="+918047112233",
+            api_client="orders",
+            idempotency_key=key,
+            created_at=now - age,
+            next_reconcile_at=now - age + CLAIM_GRACE,
+            connect_reserved_at=now - age if reserved else None,
+        )
+        session.add(pending)
+        await session.flush()
+        session.add_all(
+            [Leg(call_id=pending.id, leg=0, number=FROM), Leg(call_id=pending.id, leg=1, number=TO)]
+        )
+    return pending
+
+
+async def test_a_call_its_dead_process_never_sent_is_failed_at_once_and_its_key_released(
+    reconciling: Reconciling, exotel: respx.MockRouter
+) -> None:
+    running, reconciler = reconciling.running, reconciling.reconciler()
+    pending = await left_pending(running, reserved=False, age=timedelta(seconds=6), key="k-1")
+    bulk = exotel.get(".json").respond(200, json=listing())
+
+    assert await reconciler.run_once() == 1
+
+    failed = (await running.client.get(f"/calls/{pending.id}")).json()
+    assert failed["status"] == "failed"
+    assert failed["error"]["message"] == NEVER_SENT
+    assert bulk.call_count == 0  # nothing to ask Exotel: it was never sent
+    [event] = await reconcile_events(running, str(pending.id))
+    assert (event.event_type, event.status, event.applied) == ("never_sent", "failed", True)
+    exotel.post("/connect.json").respond(200, json=connect_answer("retried-sid"))
+    retry = await running.client.post(
+        "/calls", json={"from": FROM, "to": TO}, headers={"Idempotency-Key": "k-1"}
+    )
+    assert retry.status_code == 201
+    assert retry.json()["sid"] == "retried-sid"
+
+
+async def test_a_call_its_dead_process_may_have_sent_becomes_unknown_at_once(
+    reconciling: Reconciling, exotel: respx.MockRouter
+) -> None:
+    running, reconciler = reconciling.running, reconciling.reconciler()
+    # The same request, placed before under another key: its fingerprint, for the replay.
+    exotel.post("/connect.json").respond(200, json=connect_answer("earlier-sid"))
+    earlier = await running.client.post("/calls", json={"from": FROM, "to": TO})
+    fingerprint = (await call_row(running, earlier.json()["id"])).request_fingerprint
+    pending = await left_pending(running, reserved=True, age=timedelta(seconds=6), key="k-2")
+    async with running.app.state.sessions() as session, session.begin():
+        await session.execute(
+            update(Call).where(Call.id == pending.id).values(request_fingerprint=fingerprint)
+        )
+    # Still ringing: Exotel lists only calls that have ended.
+    bulk = exotel.get(".json").respond(200, json=listing())
+
+    assert await reconciler.run_once() == 1
+
+    call = (await running.client.get(f"/calls/{pending.id}")).json()
+    assert call["status"] == "unknown"
+    assert call["error"]["message"] == ABANDONED
+    assert bulk.call_count == 1
+    # Its client's retry is told to read the call, not to retry shortly.
+    retry = await running.client.post(
+        "/calls", json={"from": FROM, "to": TO}, headers={"Idempotency-Key": "k-2"}
+    )
+    assert retry.status_code == 504
+    assert retry.json()["id"] == str(pending.id)
+
+
+async def test_a_pending_call_a_live_process_is_placing_is_left_alone(
+    reconciling: Reconciling, exotel: respx.MockRouter
+) -> None:
+    running, reconciler = reconciling.running, reconciling.reconciler()
+    placing = await left_pending(running, reserved=False, age=timedelta(minutes=1))
+    young = await left_pending(running, reserved=False, age=timedelta(seconds=1))
+    claims: SessionClaims = running.app.state.claims
+
+    async with claims.holding(ClaimKind.PLACING, placing.id):
+        assert await reconciler.run_once() == 0
+    assert (await call_row(running, str(placing.id))).status == "pending"
+    assert (await call_row(running, str(young.id))).status == "pending"
+
+    # Unclaimed (its process died), it is settled on the next run.
+    assert await reconciler.run_once() == 1
+    assert (await call_row(running, str(placing.id))).status == "failed"
+    assert (await call_row(running, str(young.id))).status == "pending"
+
+
+async def test_a_call_failed_as_never_sent_is_never_sent_by_its_slow_process(
+    start_app: AppFactory, exotel: respx.MockRouter
+) -> None:
+    """The fence: failing a never-sent call and reserving its place lock the same row."""
+    running = await start_app(run_jobs=False, reconcile_interval_s=60)
+    connect = exotel.post("/connect.json").respond(200, json=connect_answer("late-sid"))
+    service = running.app.state.calls
+    settled_first = asyncio.Event()
+    real_connect = service._exotel.connect
+
+    async def slow_connect(request: Any, *, call_id: uuid.UUID) -> Any:
+        # The process stalls after its insert, unclaimed, while another one settles it.
+        claims: SessionClaims = running.app.state.claims
+        await eventually(lambda: claims.still_held(ClaimKind.PLACING, call_id))
+        await claims.release(ClaimKind.PLACING, call_id)
+        await make_due(running, str(call_id), age=timedelta(seconds=30))
+        await settled_first.wait()
+        return await real_connect(request, call_id=call_id)
+
+    service._exotel.connect = slow_connect
+    placing = asyncio.create_task(running.client.post("/calls", json={"from": FROM, "to": TO}))
+    reconciler = Reconciler(
+        running.app.state.sessions,
+        service._exotel,
+        running.app.state.settings,
+        running.app.state.claims,
+    )
+
+    async def settled_elsewhere() -> bool:
+        async with running.app.state.sessions() as session:
+            status = await session.scalar(select(Call.status))
+        if status == "pending" and await reconciler.run_once():
+            settled_first.set()
+        return settled_first.is_set()
+
+    await eventually(settled_elsewhere)
+    answer = await placing
+
+    assert connect.call_count == 0
+    assert answer.json()["call_status"] == "failed"
+    [call] = (await running.client.get("/calls")).json()["items"]
+    assert call["status"] == "failed"
+    assert call["error"]["message"] == NEVER_SENT
+
+
+async def test_a_sid_exotel_keeps_not_knowing_is_left_unknown_with_an_error(
+    reconciling: Reconciling, exotel: respx.MockRouter
+) -> None:
+    running, reconciler = reconciling.running, reconciling.reconciler()
+    exotel.post("/connect.json").respond(200, json=connect_answer("lost-sid"))
+    placed = await running.client.post("/calls", json={"from": FROM, "to": TO})
+    call_id = placed.json()["id"]
+    missing = exotel.get("/lost-sid.json").respond(
+        404, json={"RestException": {"Status": 404, "Message": "Not found"}}
+    )
+
+    for look in range(1, SID_NOT_FOUND_LOOKS + 1):
+        await make_due(running, call_id)
+        assert await reconciler.run_once() == 1
+        row = await call_row(running, call_id)
+        if look < SID_NOT_FOUND_LOOKS:
+            assert row.status == "in-progress"
+            assert row.next_reconcile_at is not None
+
+    call = (await running.client.get(f"/calls/{call_id}")).json()
+    assert call["status"] == "unknown"
+    assert call["sid"] == "lost-sid"
+    assert call["error"]["message"] == SID_UNKNOWN
+    assert (await call_row(running, call_id)).next_reconcile_at is None
+    assert missing.call_count == SID_NOT_FOUND_LOOKS
+    events = await reconcile_events(running, call_id)
+    assert [event.event_type for event in events] == ["sid_not_found"] * SID_NOT_FOUND_LOOKS
+    assert await reconciler.run_once() == 0
+
+
+async def test_a_run_looks_at_every_due_call_the_fleet_budget_allows(
+    reconciling: Reconciling, exotel: respx.MockRouter
+) -> None:
+    """No share of the limit per process: only the fleet limiter holds looks back."""
+    running = reconciling.running
+    for n in range(4):
+        exotel.post("/connect.json").respond(200, json=connect_answer(f"sid-{n}"))
+        placed = await running.client.post("/calls", json={"from": FROM, "to": TO})
+        exotel.get(f"/sid-{n}.json").respond(200, json=connect_answer(f"sid-{n}"))
+        await make_due(running, placed.json()["id"])
+    # 3 a minute: the old share (a third of it per run) allowed one look a run.
+    settings = running.app.state.settings.model_copy(update={"exotel_requests_per_minute": 3})
+    reconciler = Reconciler(
+        running.app.state.sessions, reconciling.exotel, settings, running.app.state.claims
+    )
+
+    assert await reconciler.run_once() == 4
+
+
+async def test_a_run_stops_when_the_limit_has_no_place_to_spare(
+    start_app: AppFactory, exotel: respx.MockRouter
+) -> None:
+    running = await start_app(run_jobs=False, reconcile_interval_s=60)
+    exotel.post("/connect.json").respond(200, json=connect_answer("a-sid"))
+    placed = await running.client.post("/calls", json={"from": FROM, "to": TO})
+    call_id = placed.json()["id"]
+    await make_due(running, call_id)
+    async with build_http_client(
+        EXOTEL_BASE, api_key="exotel-key", api_token="exotel-token", timeout_s=1
+    ) as http:
+        full = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=NoPlaceToSpare())
+        reconciler = Reconciler(
+            running.app.state.sessions, full, running.app.state.settings, running.app.state.claims
+        )
+        assert await reconciler.run_once() == 0
+
+    row = await call_row(running, call_id)
+    assert row.reconcile_attempts == 0
+    assert row.next_reconcile_at is not None
+    assert row.next_reconcile_at <= datetime.now(UTC)  # still due, for the next run
+
+
+class NoPlaceToSpare:
+    async def acquire(self, priority: Priority, *, sending: uuid.UUID | None = None) -> None:
+        raise LimitReached(retry_after_s=1)
 
 
 async def test_looks_back_off_and_stop_at_the_horizon(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import httpx
@@ -25,7 +26,7 @@ REQUEST = ConnectRequest(
 class Full:
     """A limiter with no place for anyone within the time a caller may wait."""
 
-    async def acquire(self, priority: Priority) -> None:
+    async def acquire(self, priority: Priority, *, sending: uuid.UUID | None = None) -> None:
         raise LimitReached(retry_after_s=7)
 
 
