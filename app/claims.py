@@ -168,8 +168,10 @@ class SessionClaims:
         candidates: Select[tuple[uuid.UUID]] | CompoundSelect[tuple[uuid.UUID]],
     ) -> uuid.UUID | None:
         """Claim the first of `candidates` (ids, in order) that no session holds (1 round
-        trip). The candidates are read from a snapshot taken before the claim: the caller
-        checks, once it holds the claim, that the work is still to be done."""
+        trip). The candidates must leave out the claims held already (`unheld`): this
+        session's own are re-entrant, so trying them would succeed. They are read from a
+        snapshot taken before the claim: the caller checks, once it holds the claim, that
+        the work is still to be done."""
         # MATERIALIZED: the candidates are listed first, then tried in order, one at a
         # time until one is taken, so no lock is taken on a row not returned.
         listed = candidates.cte("candidates").prefix_with("MATERIALIZED")

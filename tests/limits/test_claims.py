@@ -8,10 +8,19 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Uuid, func, literal, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.claims import ClaimKind, ClaimsLost, ClaimTaken, SessionClaims, claim_key, held
+from app.claims import (
+    ClaimKind,
+    ClaimsLost,
+    ClaimTaken,
+    SessionClaims,
+    claim_key,
+    held,
+    key_of,
+    unheld,
+)
 from app.db import PROJECT_ROOT
 
 # Holds a claim in its own process, says so, then waits to be killed.
@@ -122,3 +131,86 @@ def test_keys_spread_over_the_whole_bigint_range() -> None:
     keys = {claim_key(ClaimKind.PLACING, uuid.uuid4()) for _ in range(1000)}
     assert len(keys) == 1000
     assert min(keys) < 0 < max(keys)
+
+
+async def test_sql_computes_the_same_keys(engine: AsyncEngine) -> None:
+    ids = [uuid.uuid4() for _ in range(50)]
+    async with engine.connect() as connection:
+        for kind in ClaimKind:
+            for work_id in ids:
+                column = literal(work_id, Uuid)
+                found = await connection.scalar(select(key_of(kind, column)))
+                assert found == claim_key(kind, work_id)
+
+
+async def test_claim_first_takes_the_first_unheld_candidate_and_nothing_else(
+    engine: AsyncEngine, claims: SessionClaims
+) -> None:
+    ids = [uuid.uuid4() for _ in range(4)]
+    rows = union_all(
+        *(
+            select(literal(work_id, Uuid).label("id"), literal(n).label("n"))
+            for n, work_id in enumerate(ids)
+        )
+    ).subquery()
+    candidates = (
+        select(rows.c.id).where(unheld(ClaimKind.RECONCILING, rows.c.id)).order_by(rows.c.n)
+    )
+    rival = SessionClaims(engine)
+    await rival.start()
+    try:
+        async with rival.holding(ClaimKind.RECONCILING, ids[0]):
+            assert await claims.claim_first(ClaimKind.RECONCILING, candidates) == ids[1]
+            assert await claims.claim_first(ClaimKind.RECONCILING, candidates) == ids[2]
+            async with engine.connect() as connection:
+                assert await held(connection, ClaimKind.RECONCILING, ids) == set(ids[:3])
+                assert (
+                    await connection.scalar(
+                        select(func.count()).where(unheld(ClaimKind.RECONCILING, rows.c.id))
+                    )
+                    == 1
+                )
+    finally:
+        await rival.close()
+
+
+async def test_a_background_claim_is_taken_then_released(
+    engine: AsyncEngine, claims: SessionClaims
+) -> None:
+    call_id = uuid.uuid4()
+    claim = claims.claim_soon(ClaimKind.PLACING, call_id)
+    claim.release()  # before the claim even landed: still taken first, then released
+
+    async def released() -> bool:
+        async with engine.connect() as connection:
+            return not await held(connection, ClaimKind.PLACING, [call_id])
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while claims._background or not await released():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+
+    holding = claims.claim_soon(ClaimKind.PLACING, call_id)
+    while not await claims.still_held(ClaimKind.PLACING, call_id):
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+    holding.release()
+
+
+async def test_claims_come_back_after_their_session_was_lost(engine: AsyncEngine) -> None:
+    claims = SessionClaims(engine)
+    await claims.start()
+    try:
+        async with engine.connect() as admin:
+            await admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        with pytest.raises(ClaimsLost):
+            await claims.try_claim(ClaimKind.PLACING, uuid.uuid4())
+        assert await claims.try_claim(ClaimKind.PLACING, uuid.uuid4())
+    finally:
+        await claims.close()
