@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from sqlalchemy import select, text, update
 
 from app.calls.models import Call, CallEvent, Leg
 from app.calls.service import CLAIM_GRACE
-from app.claims import ClaimKind, SessionClaims
+from app.claims import ClaimKind, SessionClaims, held
 from app.exotel.client import ExotelClient, build_http_client
 from app.exotel.schemas import TERMINAL_STATUSES
 from app.jobs.reconciler import (
@@ -397,6 +398,34 @@ async def test_a_pending_call_a_live_process_is_placing_is_left_alone(
     assert await reconciler.run_once() == 1
     assert (await call_row(running, str(placing.id))).status == "failed"
     assert (await call_row(running, str(young.id))).status == "pending"
+
+
+async def test_a_call_is_claimed_by_its_process_while_it_is_being_placed(
+    reconciling: Reconciling, exotel: respx.MockRouter
+) -> None:
+    running = reconciling.running
+    in_flight: list[bool] = []
+
+    async def exotel_answers(request: httpx.Request) -> httpx.Response:
+        callback = parse_qs(request.content.decode())["StatusCallback"][0]
+        call_id = running.app.state.tokens.verify(callback.partition("token=")[2])
+        assert call_id is not None
+        async with running.app.state.engine.connect() as connection:
+            in_flight.append(call_id in await held(connection, ClaimKind.PLACING, [call_id]))
+        return httpx.Response(200, json=connect_answer("claimed-sid"))
+
+    exotel.post("/connect.json").mock(side_effect=exotel_answers)
+    placed = await running.client.post("/calls", json={"from": FROM, "to": TO})
+    assert placed.status_code == 201
+
+    assert in_flight == [True]
+    call_id = uuid.UUID(placed.json()["id"])
+
+    async def released() -> bool:
+        async with running.app.state.engine.connect() as connection:
+            return not await held(connection, ClaimKind.PLACING, [call_id])
+
+    await eventually(released)
 
 
 async def test_a_call_failed_as_never_sent_is_never_sent_by_its_slow_process(
