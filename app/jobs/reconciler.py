@@ -16,8 +16,12 @@ stores the call:
   left (no place was reserved for it under the Exotel limit: `connect_reserved_at` is
   NULL), it is failed at once and its Idempotency-Key released; that conditional UPDATE
   and the limiter's reservation lock the same row, so a live but slow process can never
-  send a call failed here (app/limits/gcra.py). If it may have left, it is searched for
-  by its numbers, as an `unknown` call is.
+  send a call failed here (app/limits/gcra.py). If it may have left, it becomes
+  `unknown` and is searched for by its numbers.
+  Why a mark, and why there: "sent" cannot be inferred from the claim alone (between
+  the insert and the request the limiter may hold a call for seconds), and a separate
+  write would cost placing a round trip; the reservation is one statement placing makes
+  anyway, so the mark rides on it for free.
 
 What Exotel answers is stored as a `reconcile` event and applied through
 `apply_update`, under the same rules as callbacks. A look that does not settle
