@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sqlalchemy import select, text, update
 from app.calls.models import Call, CallEvent, Leg
 from app.calls.service import CLAIM_GRACE
 from app.claims import ClaimKind, SessionClaims, held
+from app.db import PROJECT_ROOT
 from app.exotel.client import ExotelClient, build_http_client
 from app.exotel.schemas import TERMINAL_STATUSES
 from app.jobs.reconciler import (
@@ -35,6 +37,7 @@ from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE
 from tests.exotel_samples import connect_answer
 from tests.jobs.conftest import AppFactory, LiveSimulator, RunningApp, eventually
 from tests.limiters import Unlimited
+from tests.limits.test_claims import HOLDER
 
 FROM, TO = "+919876543210", "+919123456789"
 
@@ -398,6 +401,43 @@ async def test_a_pending_call_a_live_process_is_placing_is_left_alone(
     assert await reconciler.run_once() == 1
     assert (await call_row(running, str(placing.id))).status == "failed"
     assert (await call_row(running, str(young.id))).status == "pending"
+
+
+async def test_a_killed_runners_claim_is_looked_at_again_at_once(
+    reconciling: Reconciling, exotel: respx.MockRouter, database_url: str
+) -> None:
+    running, reconciler = reconciling.running, reconciling.reconciler()
+    exotel.post("/connect.json").respond(200, json=connect_answer("held-sid"))
+    placed = await running.client.post("/calls", json={"from": FROM, "to": TO})
+    call_id = placed.json()["id"]
+    exotel.get("/held-sid.json").respond(200, json=connect_answer("held-sid"))
+    await make_due(running, call_id)
+    # Another runner, in its own process, holds the call's reconcile claim: it is looking.
+    runner = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOLDER,
+        database_url,
+        call_id,
+        ClaimKind.RECONCILING.value,
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert runner.stdout is not None
+        assert await asyncio.wait_for(runner.stdout.readline(), 60) == b"holding\n"
+        assert await reconciler.run_once() == 0
+    finally:
+        runner.kill()  # SIGKILL: its claims go with its session
+        await runner.wait()
+
+    looked: list[int] = []
+
+    async def looked_at() -> bool:
+        looked.append(await reconciler.run_once())
+        return looked[-1] == 1
+
+    await eventually(looked_at, timeout_s=5)
 
 
 async def test_a_call_is_claimed_by_its_process_while_it_is_being_placed(

@@ -32,7 +32,8 @@ from app.claims import ClaimKind, SessionClaims
 async def main() -> None:
     claims = SessionClaims(create_async_engine(sys.argv[1]))
     await claims.start()
-    async with claims.holding(ClaimKind.PLACING, uuid.UUID(sys.argv[2])):
+    kind = ClaimKind(sys.argv[3]) if len(sys.argv) > 3 else ClaimKind.PLACING
+    async with claims.holding(kind, uuid.UUID(sys.argv[2])):
         print("holding", flush=True)
         await asyncio.sleep(3600)
 
