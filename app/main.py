@@ -171,7 +171,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.notify_allowed_hosts = settings.notify_allowed_hosts
         exotel = await _exotel_client(app, settings, stack, engine)
         app.state.callback_inbox = CallbackInbox(engine)
-        await stack.enter_async_context(running_applier(engine))
+        # The applier's own connection: it never queues behind requests for one of theirs.
+        applier_engine = create_engine(database_url, pool_size=1)
+        stack.push_async_callback(applier_engine.dispose)
+        await stack.enter_async_context(running_applier(applier_engine))
         app.state.calls = CallService(
             engine,
             exotel,
