@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -60,6 +61,9 @@ CALLERS = 2_000  # distinct `from` numbers: 500 calls each
 CALLEES = 200_000  # distinct `to` numbers: 5 calls each
 ORDERS = 300_000  # distinct custom_field values
 DAYS = 90
+# A sequential scan of the 1M-row tables; the seed leaves notifications empty, and the
+# planner rightly scans an empty table to hash it.
+BIG_TABLE_SCAN = re.compile(r"Seq Scan on (calls|call_legs)\b")
 CONCURRENCIES = (1, 16)
 BY_SID_REQUESTS = 20_000  # distinct random sids, cycled through
 
@@ -399,7 +403,7 @@ async def _plans(url: str, start: datetime) -> tuple[list[tuple[str, str]], list
                     ).fetchall()
                     plan = "\n".join(str(row[0]) for row in rows)
                     plans.append((what, plan))
-                    if "Seq Scan" in plan:
+                    if BIG_TABLE_SCAN.search(plan):
                         scans.append(what)
     return plans, scans
 

@@ -191,7 +191,7 @@ def _read_rows(read: ReadResult) -> list[Row]:
         Row(
             "query plans use indexes",
             "yes" if not read.sequential_scans else "seq scan: " + ", ".join(read.sequential_scans),
-            "no Seq Scan",
+            "no Seq Scan of calls or call_legs",
             not read.sequential_scans,
         )
     )
