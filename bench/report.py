@@ -327,7 +327,8 @@ def markdown(
             "",
             "CPU a request: the server process's user + system time over the measured load "
             "(Callbridge's until its applier, in the same process, had applied everything "
-            "the load stored), divided by the 2xx answers.",
+            "the load stored), divided by the requests it handled (rows stored; the load "
+            "generator does not count those in flight when it stops).",
             "",
             "| apply lag | events | p50 | p99 | max |",
             "|---|---|---|---|---|",
