@@ -3,7 +3,9 @@
 KIND is `callbridge` (app.main:app, configured from the environment), `reference` (the
 bare Starlette callback route of bench.reference, on REFERENCE_DATABASE_URL),
 `read-reference` (its bare read routes, on REFERENCE_DATABASE_URL) or `simulator` (the
-Exotel simulator; SIMULATOR_SPEED, SIMULATOR_SLOW_ANSWER_S, SIMULATOR_LOST_ANSWER_HANG_S).
+Exotel simulator; SIMULATOR_SPEED, SIMULATOR_SLOW_ANSWER_S, SIMULATOR_LOST_ANSWER_HANG_S,
+SIMULATOR_REQUESTS_PER_MINUTE (Exotel's 200 by default; `none` for no limit),
+SIMULATOR_DATABASE_URL (keep its calls in Postgres)).
 """
 
 from __future__ import annotations
@@ -37,8 +39,17 @@ def _simulator() -> Any:
         lost_answer_hang_s=float(
             os.environ.get("SIMULATOR_LOST_ANSWER_HANG_S", defaults.lost_answer_hang_s)
         ),
+        requests_per_minute=_optional_int(
+            os.environ.get("SIMULATOR_REQUESTS_PER_MINUTE"), defaults.requests_per_minute
+        ),
     )
-    return Simulator(config).app
+    return Simulator(config, database=os.environ.get("SIMULATOR_DATABASE_URL") or None).app
+
+
+def _optional_int(raw: str | None, default: int | None) -> int | None:
+    if raw is None:
+        return default
+    return None if raw.strip().lower() == "none" else int(raw)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ production runs, and so that a test may SIGKILL it.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import os
@@ -24,7 +25,8 @@ import psutil  # type: ignore[import-untyped]
 import psycopg
 from psycopg import sql
 
-from app.db import PROJECT_ROOT, migrate, start_embedded_postgres
+from app.db import PROJECT_ROOT, migrate
+from app.embedded import EmbeddedPostgres
 
 ServerKind = Literal["callbridge", "reference", "read-reference", "simulator"]
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -77,7 +79,9 @@ def postgres_server(url: str | None) -> tuple[str, str]:
         return libpq_url(url), "given"
     if _reachable(LOCAL_POSTGRES):
         return LOCAL_POSTGRES, "127.0.0.1:5432"
-    embedded = start_embedded_postgres(PROJECT_ROOT / ".callbridge" / "bench")
+    server = EmbeddedPostgres(PROJECT_ROOT / ".callbridge" / "bench")
+    embedded = server.start()
+    atexit.register(server.stop)
     return libpq_url(embedded), "embedded"
 
 

@@ -16,6 +16,7 @@ from app.db import Base
 
 config = context.config
 MIGRATION_LOCK = 0x63616C6C  # any constant shared by every Callbridge process
+SIMULATOR_TABLES = "sim_"
 if config.config_file_name is not None and not config.attributes.get("database_url"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
@@ -27,9 +28,19 @@ def _database_url() -> str:
     return str(url)
 
 
+def _callbridges(
+    _object: object, name: str | None, type_: str, _reflected: bool, _compare_to: object
+) -> bool:
+    """Leave out the Exotel simulator's tables (`sim_*`): it creates and owns them."""
+    return not (type_ == "table" and name is not None and name.startswith(SIMULATOR_TABLES))
+
+
 def _run(connection: Connection) -> None:
     context.configure(
-        connection=connection, target_metadata=Base.metadata, compare_server_default=True
+        connection=connection,
+        target_metadata=Base.metadata,
+        compare_server_default=True,
+        include_object=_callbridges,
     )
     with context.begin_transaction():
         # One migrator at a time: replicas starting together wait here, then find the

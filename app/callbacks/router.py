@@ -1,9 +1,10 @@
 """POST /callbacks/exotel: where Exotel reports how each call went.
 
-Exotel signs nothing, so the StatusCallback URL carries a per-call token. A dependency
-authenticates it, reads the body under a size cap and parses it; the endpoint only hands
-the result to CallbackService and acknowledges. Exotel gives up after two retries, so
-the answer must come fast and must be 2xx for everything that was stored.
+Exotel signs nothing, so the StatusCallback URL carries a per-call token. The endpoint
+checks it (no database), reads the body under a size cap, parses it (CPU only), stores it
+with one statement (CallbackInbox) and answers: 2xx means stored, not yet applied. The
+applier (app/callbacks/applier.py) applies it within milliseconds. Exotel gives up after
+two retries, so the answer never waits on a call's lock.
 """
 
 from __future__ import annotations
@@ -74,14 +75,16 @@ async def _parsed(
     summary="Receive an Exotel status callback",
     description=(
         "Exotel posts here (the StatusCallback URL of each call) when a call changes. "
-        f"Accepts {', '.join(SUPPORTED_MEDIA_TYPES)}. The raw callback is stored, then "
-        "applied to the call the token names: duplicates change nothing, a finished call "
-        "never goes back to a running status, and an empty value never erases a stored one."
+        f"Accepts {', '.join(SUPPORTED_MEDIA_TYPES)}. A 2xx means the raw callback is stored "
+        "durably; it is applied to the call the token names in the background, normally "
+        "within tens of milliseconds: duplicates change nothing, a finished call never goes "
+        "back to a running status, and an empty value never erases a stored one. A body "
+        "that cannot be read is stored too, and refused (4xx)."
     ),
     response_model=CallbackAccepted,
     responses={
         200: {
-            "description": "Stored, and applied unless it told nothing new",
+            "description": "Stored; applied in the background",
             "content": {"application/json": {"example": {"status": "accepted"}}},
         },
         400: problem_response(

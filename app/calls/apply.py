@@ -7,7 +7,8 @@ so the rules hold whatever order Exotel's messages arrive in:
 - otherwise the newest `DateUpdated` wins: an older ("stale") message only fills gaps,
   and says nothing about statuses, the call's or its legs', which it knew before ours;
 - an empty value never erases a stored one;
-- legs are matched by their index.
+- legs are matched by their index;
+- a call Exotel has named (it has a Sid) was placed: it keeps no `error`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ def apply_update(call: CallState, update: CallUpdate) -> Applied:
 
     if call.sid is None:
         writer.put(call, "sid", update.sid)
+    if call.sid is not None and (call.error_status, call.error_code, call.error_message) != (
+        None,
+        None,
+        None,
+    ):
+        # `error` says why a call is not placed, or not known to be: Exotel has just
+        # named it, so it was placed (what preceded stays in the events).
+        call.error_status = call.error_code = call.error_message = None
+        writer.changed = True
     if not writer.stale:
         writer.put(call, "status", update.status)
         writer.put(call, "exotel_updated_at", update.date_updated)

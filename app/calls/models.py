@@ -1,4 +1,8 @@
-"""Tables: calls, their legs, the events received for them, and finished-call notifications."""
+"""Tables: calls, their legs, the events received for them, and finished-call notifications.
+
+The hot paths and the reads use these tables through SQLAlchemy Core (app/calls/store.py);
+the mapped classes serve the jobs' bookkeeping, the tests and Alembic.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
 
@@ -85,16 +89,6 @@ class Call(Base):
         DateTime(timezone=True), server_default=func.now(), default=func.now(), onupdate=func.now()
     )
 
-    legs: Mapped[list[Leg]] = relationship(
-        back_populates="call", order_by="Leg.leg", lazy="selectin", cascade="all, delete-orphan"
-    )
-    # Written only by INSERT ... ON CONFLICT (see CallService.apply), hence view-only.
-    notification: Mapped[Notification | None] = relationship(lazy="selectin", viewonly=True)
-
-    # UPDATE ... RETURNING brings back `updated_at` (set by the database), so a flushed
-    # call is complete without another SELECT.
-    __mapper_args__ = {"eager_defaults": True}
-
     __table_args__ = (
         Index(
             "uq_calls_api_client_idempotency_key",
@@ -127,8 +121,6 @@ class Leg(Base):
     status: Mapped[str | None] = mapped_column(String(32))
     on_call_duration: Mapped[int | None] = mapped_column(Integer)
     answered_by: Mapped[str | None] = mapped_column(String(32))
-
-    call: Mapped[Call] = relationship(back_populates="legs")
 
 
 class CallEvent(Base):

@@ -85,4 +85,7 @@ APPLIED_COLUMNS = (
     "recording_url",
     "answered_by",
     "direction",
+    "error_status",
+    "error_code",
+    "error_message",
 )

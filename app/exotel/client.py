@@ -3,6 +3,10 @@
 It knows nothing about the database. Every failure becomes one of the ExotelError
 types below, chosen by what matters to the caller: did the request surely not reach
 Exotel (safe to say "not placed"), did Exotel refuse it, or is the outcome unknown.
+
+Numbers: From and To go out in E.164 as Exotel recommends; the CallerId (ExoPhone) in
+the national form every Exotel sample shows (`08047112233`). Answers echo numbers in
+national form; callers compare them after parsing (app.calls.service.to_e164).
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
+import phonenumbers
 import structlog
 from aiolimiter import AsyncLimiter
 from pydantic import ValidationError
@@ -34,6 +41,15 @@ ExotelModel = TypeVar("ExotelModel", ExotelCallEnvelope, ExotelCallList)
 
 DEFAULT_RETRY_AFTER_S = 30
 PAGE_SIZE = 100
+# Bulk call details take at most 100 Sids a request.
+MAX_SIDS_PER_REQUEST = 100
+# A listing longer than this many pages is cut short (and logged): a bound on the
+# requests one search may spend, whatever Exotel's next links say.
+MAX_PAGES = 50
+# Where Exotel keeps recordings: only there (https) and at the configured Exotel base
+# URL are Callbridge's credentials ever sent for one.
+EXOTEL_RECORDING_DOMAINS = ("exotel.com", "exotel.in")
+RECORDING_ANSWERS = frozenset({200, 206, 416})
 # How long a request may wait for a place under EXOTEL_REQUESTS_PER_MINUTE.
 MAX_QUEUE_S = 5.0
 
@@ -92,6 +108,8 @@ class ConnectRequest:
     stream_begin: str | None = None
 
     def form(self) -> dict[str, str]:
+        """The connect form. Exotel's `answered` event is asked for too, so that a live
+        call shows `in-progress` with its legs while people talk."""
         optional: dict[str, Any] = {
             "CallType": self.call_type,
             "TimeLimit": self.time_limit,
@@ -109,12 +127,26 @@ class ConnectRequest:
         return {
             "From": self.from_number,
             "To": self.to_number,
-            "CallerId": self.caller_id,
+            "CallerId": national_form(self.caller_id),
             **{name: str(value) for name, value in optional.items() if value is not None},
             "StatusCallback": self.status_callback,
             "StatusCallbackEvents[0]": "terminal",
+            "StatusCallbackEvents[1]": "answered",
             "StatusCallbackContentType": "application/json",
         }
+
+
+def national_form(number: str) -> str:
+    """An E.164 number in national form with its trunk prefix (`+918047112233` ->
+    `08047112233`); anything else as given."""
+    if not number.startswith("+"):
+        return number
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return number
+    formatted = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+    return "".join(character for character in formatted if character.isdigit())
 
 
 def build_http_client(
@@ -185,23 +217,125 @@ class ExotelClient:
     async def find_calls(
         self, *, to_number: str, created_after: datetime, created_before: datetime
     ) -> list[ExotelCall]:
-        """Calls to `to_number` created in the window, across all pages."""
-        params: dict[str, str] | None = {
-            "To": to_number,
-            "DateCreated": f"gte:{exotel_time(created_after)};lte:{exotel_time(created_before)}",
-            "PageSize": str(PAGE_SIZE),
-        }
-        path = ".json"
+        """Calls to `to_number` created in the window, across all pages. Exotel lists
+        only calls that have ended."""
+        return await self._listing(
+            {
+                "To": to_number,
+                "DateCreated": (
+                    f"gte:{exotel_time(created_after)};lte:{exotel_time(created_before)}"
+                ),
+                "PageSize": str(PAGE_SIZE),
+            }
+        )
+
+    async def bulk_details_by_sids(self, sids: Sequence[str]) -> list[ExotelCall]:
+        """The calls of `sids` with their details, 100 Sids a request. Exotel lists only
+        ended calls created in the last 31 days: others are simply not in the answer."""
+        unique = list(dict.fromkeys(sids))
         found: list[ExotelCall] = []
-        while True:
-            response = await self._send("bulk_details", "GET", path, params=params)
+        for start in range(0, len(unique), MAX_SIDS_PER_REQUEST):
+            batch = unique[start : start + MAX_SIDS_PER_REQUEST]
+            found.extend(
+                await self._listing(
+                    {"Sid": ",".join(batch), "details": "true", "PageSize": str(PAGE_SIZE)}
+                )
+            )
+        return found
+
+    async def _listing(self, params: dict[str, str]) -> list[ExotelCall]:
+        """Every page of a bulk listing, in whichever of Exotel's three paging shapes it
+        comes; an empty page that still links to a next one is not the end."""
+        path: str = ".json"
+        query: dict[str, str] | None = params
+        followed: set[str] = set()
+        found: list[ExotelCall] = []
+        for _ in range(MAX_PAGES):
+            response = await self._send("bulk_details", "GET", path, params=query)
             page = self._parse(ExotelCallList, response)
             found.extend(page.calls)
-            next_page = page.metadata.next_page_uri if page.metadata else None
-            if not next_page or not page.calls:
+            next_page = self._own_path(page.next_page_uri)
+            if next_page is None or next_page in followed:
                 return found
-            # NextPageUri is absolute from the host root; it carries its own query.
-            path, params = next_page, None
+            followed.add(next_page)
+            # A next link carries its own query.
+            path, query = next_page, None
+        log.warning("exotel_listing_cut_short", pages=MAX_PAGES, calls=len(found))
+        return found
+
+    def _own_path(self, uri: str | None) -> str | None:
+        """A next-page link as a path on our Exotel host; None for none, or for a link to
+        another host, which is never sent our credentials."""
+        if not uri:
+            return None
+        if uri.startswith("/"):
+            return uri
+        link = httpx.URL(uri)
+        base = self._http.base_url
+        if (link.scheme, link.host, link.port) != (base.scheme, base.host, base.port):
+            log.warning("exotel_next_page_elsewhere", host=link.host)
+            return None
+        return link.raw_path.decode("ascii")
+
+    def may_fetch_recording(self, url: str) -> bool:
+        """Whether `url` is one of Exotel's recording locations (https on Exotel's own
+        domains) or on the configured Exotel base URL: the only places that are ever
+        sent Callbridge's credentials."""
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL:
+            return False
+        if target.userinfo or not target.host:
+            return False
+        base = self._http.base_url
+        if (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port):
+            return True
+        host = target.host.lower()
+        return (
+            target.scheme == "https"
+            and target.port in (None, 443)
+            and any(
+                host == domain or host.endswith("." + domain) for domain in EXOTEL_RECORDING_DOMAINS
+            )
+        )
+
+    @asynccontextmanager
+    async def stream_recording(
+        self, url: str, range_header: str | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """Exotel's answer for a recording, open for streaming (`aiter_raw`), never read
+        whole: 200, 206 (the range asked for) or 416. Only from `may_fetch_recording`
+        locations. Recordings are not voice API requests: no slot of the rate limit."""
+        if not self.may_fetch_recording(url):
+            raise ExotelRefused("The recording is not at one of Exotel's recording locations")
+        headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+        if range_header:
+            headers["Range"] = range_header
+        started = time.perf_counter()
+        try:
+            async with self._http.stream(
+                "GET", url, headers=headers, follow_redirects=True
+            ) as response:
+                known = response.status_code in RECORDING_ANSWERS
+                self._record("recording", "ok" if known else "error", started, response.status_code)
+                if not known:
+                    raise self._recording_error(response.status_code)
+                yield response
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self._record("recording", "unreachable", started)
+            raise ExotelUnavailable(f"Exotel could not be reached: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            self._record("recording", "no_answer", started)
+            raise ExotelUnavailable(f"The recording download failed: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _recording_error(status: int) -> ExotelError:
+        message = f"Exotel answered HTTP {status} for the recording"
+        if status == 401:
+            return ExotelAuthFailed(message, status=status)
+        if status >= 500:
+            return ExotelUnavailable(message, status=status)
+        return ExotelRefused(message, status=status)
 
     @staticmethod
     def _parse(model: type[ExotelModel], response: httpx.Response) -> ExotelModel:

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.exotel.client import ExotelClient
 from app.jobs.reconciler import Reconciler
 from app.jobs.relay import Relay
+from app.notify_targets import PublicOnlyTransport
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +46,10 @@ async def running_jobs(
 ) -> AsyncIterator[None]:
     """Run the reconciler and the relay while the context is open."""
     async with httpx.AsyncClient(
-        timeout=settings.notify_timeout_s, headers={"User-Agent": "callbridge"}
+        timeout=settings.notify_timeout_s,
+        headers={"User-Agent": "callbridge"},
+        # Connects to public addresses only, checked after each DNS lookup (notify_targets).
+        transport=PublicOnlyTransport(settings.notify_allowed_hosts),
     ) as http:
         reconciler = Reconciler(sessions, exotel, settings)
         relay = Relay(sessions, http, notify_secret(settings), settings)

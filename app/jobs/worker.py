@@ -20,7 +20,7 @@ log = structlog.get_logger(__name__)
 
 
 async def run_worker(settings: Settings) -> None:
-    app = create_app(settings.model_copy(update={"run_jobs": True}))
+    app = create_app(settings.model_copy(update={"run_jobs": True}), serves_http=False)
     async with app.router.lifespan_context(app):
         log.info("worker_started")
         await _until_stopped()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import httpx
@@ -50,7 +51,12 @@ async def test_events_are_listed_oldest_first_with_their_raw_payloads(
 
     assert response.status_code == 200
     items = response.json()["items"]
-    assert [item["payload"] for item in items] == [request.content.decode() for request in sent]
+    # A JSON body reads as its document; forms as the text received.
+    assert [item["payload"] for item in items] == [
+        sent[0].content.decode(),
+        json.loads(JSON_SAMPLE),
+        sent[2].content.decode(),
+    ]
     assert [item["content_type"] for item in items] == [
         request.headers["content-type"] for request in sent
     ]

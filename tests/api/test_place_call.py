@@ -93,7 +93,7 @@ async def test_sends_exactly_the_documented_form_and_basic_auth(
     assert form == {
         "From": "+919876543210",
         "To": "+919123456789",
-        "CallerId": "+918047112244",
+        "CallerId": "08047112244",  # the ExoPhone in national form, as Exotel shows it
         "CallType": "trans",
         "TimeLimit": "600",
         "TimeOut": "30",
@@ -107,6 +107,7 @@ async def test_sends_exactly_the_documented_form_and_basic_auth(
         "StreamUrl": "wss://stream.example.com/audio",
         "StreamBegin": "Leg2Connect",
         "StatusCallbackEvents[0]": "terminal",
+        "StatusCallbackEvents[1]": "answered",
         "StatusCallbackContentType": "application/json",
     }
     parts = urlsplit(callback)
@@ -130,6 +131,7 @@ async def test_omits_options_that_were_not_asked_for(
         "CallerId",
         "StatusCallback",
         "StatusCallbackEvents[0]",
+        "StatusCallbackEvents[1]",
         "StatusCallbackContentType",
     }
 

@@ -81,7 +81,10 @@ async def stack(database_url: str, simulator_config: SimulatorConfig) -> AsyncIt
             headers={"Authorization": f"Bearer {WRITER_KEY}"},
             timeout=10,
         ) as callbridge,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{simulator_port}") as simulator_http,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{simulator_port}",
+            auth=(simulator_config.api_key, simulator_config.api_token),
+        ) as simulator_http,
     ):
         yield Stack(callbridge, simulator_http)
     await simulator.aclose()

@@ -198,9 +198,10 @@ async def test_an_unknown_call_with_no_match_fails_after_the_grace_period(
             to_number=TO,
             caller_id="+918047112233",
             api_client="orders",
-            legs=[Leg(leg=0), Leg(leg=1)],
         )
         session.add(owner)
+        await session.flush()
+        session.add_all([Leg(call_id=owner.id, leg=0), Leg(call_id=owner.id, leg=1)])
     bulk = exotel.get(".json").respond(
         200, json=listing(listed("owned-sid"), listed("other-sid", from_="+919999999999"))
     )
@@ -264,11 +265,14 @@ async def test_a_call_left_pending_by_a_dead_process_is_found_by_its_numbers(
             to_number=TO,
             caller_id="+918047112233",
             api_client="orders",
-            legs=[Leg(leg=0, number=FROM), Leg(leg=1, number=TO)],
             created_at=datetime.now(UTC) - timedelta(minutes=3),
             next_reconcile_at=datetime.now(UTC),
         )
         session.add(pending)
+        await session.flush()
+        session.add_all(
+            [Leg(call_id=pending.id, leg=0, number=FROM), Leg(call_id=pending.id, leg=1, number=TO)]
+        )
     # Exotel writes numbers its own way; they are compared in E.164.
     bulk = exotel.get(".json").respond(
         200, json=listing(listed("found-sid", to="09123456789", from_="09876543210"))

@@ -152,11 +152,17 @@ async def test_a_receiver_that_never_answers_in_time_ends_dead(
     await eventually_quiet(receiver)
 
 
-def test_without_notify_secret_a_development_key_is_generated_and_kept(
+def test_in_simulator_mode_without_notify_secret_a_development_key_is_generated_and_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings: Settings = make_settings(
-        "postgresql://unused/db", notify_secret=None, callbridge_data_dir=tmp_path
+        "postgresql://unused/db",
+        notify_secret=None,
+        callbridge_data_dir=tmp_path,
+        callbridge_simulator=True,
+        exotel_account_sid=None,
+        exotel_api_key=None,
+        exotel_api_token=None,
     )
 
     secret = notify_secret(settings)

@@ -17,7 +17,7 @@ import pytest
 
 from app.calls.models import Call, Leg, Notification
 from app.db import PROJECT_ROOT, create_engine, create_sessionmaker
-from tests.conftest import EXOTEL_ACCOUNT, WRITER_KEY
+from tests.conftest import CALLBACK_SECRET, EXOTEL_ACCOUNT, WRITER_KEY
 from tests.jobs.conftest import NOTIFY_SECRET, Receiver, eventually
 
 CALLS = 200
@@ -33,10 +33,14 @@ def worker_environment(database_url: str, data_dir: Path) -> dict[str, str]:
         "EXOTEL_API_TOKEN": "exotel-token",
         # Nothing is due for reconciling; were anything asked, it would find nobody there.
         "EXOTEL_BASE_URL": "http://127.0.0.1:9",
-        "CALLBACK_SECRET": "callback-secret-for-tests",
+        "EXOTEL_CALLER_ID": "08047112233",
+        "PUBLIC_BASE_URL": "http://127.0.0.1:9",
+        "CALLBACK_SECRET": CALLBACK_SECRET,
         "API_KEYS": f"orders:{WRITER_KEY}:write",
         "NOTIFY_SECRET": NOTIFY_SECRET,
         "NOTIFY_POLL_INTERVAL_S": "0.05",
+        # The receiver listens on loopback, which notify URLs may not reach unless allowed.
+        "NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
         "LOG_FORMAT": "json",
     }
 
@@ -99,10 +103,10 @@ async def finish_calls(database_url: str, url: str) -> set[str]:
                     caller_id="+918047112233",
                     api_client="orders",
                     notify_url=url,
-                    legs=[Leg(leg=0), Leg(leg=1)],
                 )
                 session.add(call)
                 await session.flush()
+                session.add_all([Leg(call_id=call.id, leg=0), Leg(call_id=call.id, leg=1)])
                 notification = Notification(id=f"msg_race_{index}", call_id=call.id, url=url)
                 session.add(notification)
                 ids.add(notification.id)

@@ -15,9 +15,10 @@ import respx
 from fastapi import FastAPI
 from sqlalchemy import make_url
 
-from app.db import DatabaseUnreachable
+from app.db import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, LOCK_TIMEOUT_S, DatabaseUnreachable
 from app.main import create_app
-from tests.conftest import READER_KEY, make_settings
+from app.ops.service import READY_TIMEOUT_S
+from tests.conftest import READER_KEY, WRITER_KEY, make_settings
 from tests.exotel_samples import connect_answer
 from tests.ops.conftest import PostgresProxy
 
@@ -149,4 +150,34 @@ async def test_a_row_locked_elsewhere_answers_503_after_the_lock_timeout(
 
     assert response.status_code == 503
     assert response.headers["content-type"] == PROBLEM
-    assert 4 < waited < 10
+    assert LOCK_TIMEOUT_S <= waited < LOCK_TIMEOUT_S + 3
+
+
+async def test_a_database_that_never_answers_gets_503_within_seconds(
+    proxied_client: httpx.AsyncClient, postgres_proxy: PostgresProxy, exotel: respx.MockRouter
+) -> None:
+    # A pooled connection exists, then the database goes silent: TCP stays up, nothing
+    # answers, so no server-side timeout can fire.
+    assert (await proxied_client.get("/calls")).status_code == 200
+    postgres_proxy.freeze()
+    # The worst case: a ping on a pooled connection, then one new connection attempt.
+    bound_s = ANSWER_TIMEOUT_S + CONNECT_TIMEOUT_S + 1
+    writer = {"Authorization": f"Bearer {WRITER_KEY}"}
+    requests = [
+        ("GET", "/readyz", {}, None, READY_TIMEOUT_S + 1),
+        ("GET", "/calls", {}, None, bound_s),
+        ("GET", "/calls/some-sid", {}, None, bound_s),
+        ("POST", "/calls", writer, {"from": "+919876543210", "to": "09123456789"}, bound_s),
+    ]
+
+    for method, path, headers, body, within_s in requests:
+        started = time.monotonic()
+        async with asyncio.timeout(60):  # the old code hung here for minutes
+            response = await proxied_client.request(method, path, headers=headers, json=body)
+        assert time.monotonic() - started < within_s, path
+        assert response.status_code == 503, path
+        assert response.json()["type"].endswith("/database-unavailable")
+        started = time.monotonic()
+        assert (await proxied_client.get("/healthz")).status_code == 200
+        assert time.monotonic() - started < 0.5
+    assert not exotel.calls

@@ -25,7 +25,7 @@ def settings(database_url: str) -> Settings:
     return make_settings(
         database_url,
         calls_per_minute_per_client=2,
-        api_keys="orders:orders-secret:write,billing:billing-secret:write",
+        api_keys="orders:orders-secret-0123456789abcdef0123456:write,billing:billing-secret-0123456789abcdef012345:write",
     )
 
 
@@ -42,8 +42,8 @@ async def test_a_client_over_its_calls_per_minute_gets_429_with_retry_after(
     placing(exotel)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://cb.test") as http:
-        orders = {"Authorization": "Bearer orders-secret"}
-        billing = {"Authorization": "Bearer billing-secret"}
+        orders = {"Authorization": "Bearer orders-secret-0123456789abcdef0123456"}
+        billing = {"Authorization": "Bearer billing-secret-0123456789abcdef012345"}
         answers = [(await http.post("/calls", json=VALID, headers=orders)) for _ in range(3)]
         other_client = await http.post("/calls", json=VALID, headers=billing)
         reads = await http.get("/calls", headers=orders)
@@ -74,7 +74,7 @@ async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://cb.test",
-        headers={"Authorization": "Bearer orders-secret"},
+        headers={"Authorization": "Bearer orders-secret-0123456789abcdef0123456"},
     ) as client:
         yield client
 

@@ -4,36 +4,34 @@ and its callbacks carry the keys of the samples on Exotel's connect API page."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.routing import Mount
-from starlette.types import Message
 
-from app.exotel.schemas import (
-    EXOTEL_TIMEZONE,
-    ExotelCallEnvelope,
-    ExotelCallList,
-    ExotelErrorEnvelope,
+from app.exotel.schemas import EXOTEL_TIMEZONE, ExotelCallEnvelope, ExotelCallList
+from app.exotel.simulator import Simulator
+from tests.simulator.conftest import (
+    ACCOUNT,
+    CALLBACK_URL,
+    CALLS,
+    CREDENTIALS,
+    EXOTEL_TIME,
+    NATIONAL_FROM,
+    NATIONAL_NORMAL_TO,
+    CallbackReceiver,
+    callback_fields,
+    connect,
+    connect_form,
+    details,
+    rest_exception,
+    wait_until_ended,
 )
-from app.exotel.simulator import Simulator, SimulatorConfig
-
-ACCOUNT = "callbridge-sim"
-CREDENTIALS = ("sim-key", "sim-token")
-CALLS = f"/v1/Accounts/{ACCOUNT}/Calls"
-CALLBACK_URL = "http://callbridge.test/callbacks/exotel?token=secret-token"
-FROM = "+919812340000"
-NORMAL_TO = "+918867990000"
-EXOTEL_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
 
 # The keys of the sample callbacks at the end of Exotel's connect API page.
 FORM_SAMPLE_KEYS = {
@@ -96,119 +94,6 @@ CONNECT_SAMPLE_KEYS = {
 }
 
 
-class CallbackReceiver:
-    """Callbridge's callback endpoint, stood in by an httpx MockTransport."""
-
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
-        self.refusals = 0  # connections to refuse before answering
-        self.answers: list[int] = []  # status codes to answer, in order; then 200
-        self.on_request: Callable[[], None] = lambda: None
-        self._arrived = asyncio.Event()
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        self._arrived.set()
-        self.on_request()
-        if self.refusals:
-            self.refusals -= 1
-            raise httpx.ConnectError("connection refused", request=request)
-        status = self.answers.pop(0) if self.answers else 200
-        return httpx.Response(status)
-
-    async def wait_for(self, count: int, timeout_s: float = 2.0) -> list[httpx.Request]:
-        async with asyncio.timeout(timeout_s):
-            while len(self.requests) < count:
-                self._arrived.clear()
-                await self._arrived.wait()
-        return self.requests
-
-
-@pytest.fixture
-def receiver() -> CallbackReceiver:
-    return CallbackReceiver()
-
-
-@pytest.fixture
-async def simulator(receiver: CallbackReceiver) -> AsyncIterator[Simulator]:
-    sim = Simulator(
-        SimulatorConfig(speed=1000.0, slow_answer_s=0.2, lost_answer_hang_s=0.2),
-        callback_transport=httpx.MockTransport(receiver.handle),
-    )
-    yield sim
-    await sim.aclose()
-
-
-@pytest.fixture
-async def exotel(simulator: Simulator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=simulator.app), base_url="http://sim", auth=CREDENTIALS
-    ) as client:
-        yield client
-
-
-def connect_form(to: str = NORMAL_TO, **extra: str) -> dict[str, str]:
-    return {
-        "From": FROM,
-        "To": to,
-        "CallerId": "08047112233",
-        "StatusCallback": CALLBACK_URL,
-        "StatusCallbackEvents[0]": "terminal",
-        **extra,
-    }
-
-
-async def connect(client: httpx.AsyncClient, to: str = NORMAL_TO, **extra: str) -> str:
-    """Places a call and returns its Sid."""
-    response = await client.post(f"{CALLS}/connect.json", data=connect_form(to, **extra))
-    assert response.status_code == 200, response.text
-    return ExotelCallEnvelope.model_validate_json(response.content).call.sid
-
-
-async def callback_fields(request: httpx.Request) -> dict[str, Any]:
-    """A callback's fields, parsed the way a Starlette endpoint parses them."""
-    if request.headers["content-type"] == "application/json":
-        fields: dict[str, Any] = json.loads(request.content)
-        return fields
-    assert request.headers["content-type"].startswith("multipart/form-data; boundary=")
-    body = request.content
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/",
-        "query_string": b"",
-        "headers": [(name.lower(), value) for name, value in request.headers.raw],
-    }
-    form = await Request(scope, receive).form()
-    return {name: value for name, value in form.items() if isinstance(value, str)}
-
-
-async def details(client: httpx.AsyncClient, sid: str) -> dict[str, Any]:
-    response = await client.get(f"{CALLS}/{sid}.json", params={"details": "true"})
-    assert response.status_code == 200, response.text
-    ExotelCallEnvelope.model_validate_json(response.content)
-    call: dict[str, Any] = response.json()["Call"]
-    return call
-
-
-async def wait_until_ended(client: httpx.AsyncClient, sid: str) -> dict[str, Any]:
-    for _ in range(400):
-        call = await details(client, sid)
-        if call["EndTime"] is not None:
-            return call
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"call {sid} did not end")
-
-
-def rest_exception(response: httpx.Response) -> tuple[int | None, str | None, int | str | None]:
-    error = ExotelErrorEnvelope.model_validate_json(response.content).rest_exception
-    return error.status, error.message, error.code
-
-
 # Authentication and validation.
 
 
@@ -239,11 +124,11 @@ async def test_every_api_requires_the_account_credentials(
         )
 
     assert response.status_code == 401
+    # Exotel's documented 401: no Code.
     assert response.json() == {
         "RestException": {
             "Status": 401,
-            "Message": "Authentication is required to view this page.",
-            "Code": None,
+            "Message": "Authentication failed. Check your API key and token.",
         }
     }
 
@@ -267,13 +152,10 @@ async def test_connect_without_a_mandatory_field_is_400_naming_it(
 # The connect answer and the call timeline.
 
 
-@pytest.mark.parametrize("path", ["/connect.json", "/connect"])
-async def test_connect_answers_in_the_shape_of_exotels_sample(
-    exotel: httpx.AsyncClient, path: str
-) -> None:
+async def test_connect_answers_in_the_shape_of_exotels_sample(exotel: httpx.AsyncClient) -> None:
     before = datetime.now(EXOTEL_TIMEZONE).replace(microsecond=0)
 
-    response = await exotel.post(CALLS + path, data=connect_form())
+    response = await exotel.post(f"{CALLS}/connect.json", data=connect_form())
 
     assert response.status_code == 200
     call = response.json()["Call"]
@@ -282,9 +164,10 @@ async def test_connect_answers_in_the_shape_of_exotels_sample(
     assert call["Status"] == "in-progress"
     assert call["Direction"] == "outbound-api"
     assert call["AccountSid"] == ACCOUNT
+    # Exotel echoes numbers in national form, whatever form they were sent in.
     assert (call["From"], call["To"], call["PhoneNumberSid"]) == (
-        FROM,
-        NORMAL_TO,
+        NATIONAL_FROM,
+        NATIONAL_NORMAL_TO,
         "08047112233",
     )
     assert call["Uri"] == f"/v1/Accounts/{ACCOUNT}/Calls.json/{call['Sid']}"
@@ -310,7 +193,7 @@ async def test_details_follow_the_call_from_in_progress_to_completed(
     assert isinstance(final["Duration"], str)
     assert isinstance(final["Price"], str)
     assert re.fullmatch(r"\d+\.\d{3}", final["Price"])
-    assert final["RecordingUrl"] == f"https://recordings.exotel.sim/{ACCOUNT}/{sid}.mp3"
+    assert final["RecordingUrl"] == f"http://sim/exotelrecordings/{ACCOUNT}/{sid}.wav"
     assert final["AnsweredBy"] == "human"
     legs = final["Details"]["Legs"]
     assert [leg["Leg"]["Id"] for leg in legs] == [1, 2]
@@ -350,10 +233,10 @@ async def test_normal_call_posts_a_multipart_callback_with_the_form_samples_keys
     assert fields["EventType"] == "terminal"
     assert fields["Status"] == "completed"
     assert fields["Legs[0][Status]"] == fields["Legs[1][Status]"] == "completed"
-    assert fields["Legs[1][AnsweredBy]"] == "human"
+    assert (fields["Legs[0][AnsweredBy]"], fields["Legs[1][AnsweredBy]"]) == ("NA", "HUMAN")
     assert fields["ConversationDuration"] == fields["Legs[1][OnCallDuration]"]
     assert int(fields["Legs[0][OnCallDuration]"]) > int(fields["Legs[1][OnCallDuration]"])
-    assert fields["RecordingUrl"] == f"https://recordings.exotel.sim/{ACCOUNT}/{sid}.mp3"
+    assert fields["RecordingUrl"] == f"http://sim/exotelrecordings/{ACCOUNT}/{sid}.wav"
     assert EXOTEL_TIME.match(fields["EndTime"])
 
 
@@ -507,15 +390,25 @@ async def test_connection_errors_are_retried(
         pytest.param(
             "+918867999905",
             403,
-            "Call to +918867999905 cannot be made because of TRAI NDNC regulations",
-            403,
+            "Call to [08867999905] cannot be made because of TRAI NDNC regulations",
+            None,
             id="dnd",
         ),
         pytest.param("+918867999914", 403, "Account is not KYC compliant", 403, id="kyc"),
-        pytest.param("+918867999906", 429, "Too many requests", "RATE_LIMIT_EXCEEDED", id="429"),
+        pytest.param(
+            "+918867999906",
+            429,
+            "Rate limit exceeded. Try again in 30 seconds.",
+            "RATE_LIMIT_EXCEEDED",
+            id="429",
+        ),
         pytest.param("+918867999907", 500, "Service Unavailable; ", 35008, id="exotel-down"),
         pytest.param(
-            "+918867999915", 401, "Authentication is required to view this page.", None, id="auth"
+            "+918867999915",
+            401,
+            "Authentication failed. Check your API key and token.",
+            None,
+            id="auth",
         ),
     ],
 )
@@ -625,7 +518,9 @@ async def test_bulk_details_filter_by_number_and_page_with_next_page_uri(
 ) -> None:
     wanted = "+918867990001"
     placed = [await connect(exotel, to=wanted) for _ in range(3)]
-    await connect(exotel, to="+918867990002")
+    other = await connect(exotel, to="+918867990002")
+    for sid in [*placed, other]:
+        await wait_until_ended(exotel, sid)
 
     first = await exotel.get(f"{CALLS}.json", params={"To": wanted, "PageSize": "2"})
     first_page = ExotelCallList.model_validate_json(first.content)
@@ -643,6 +538,8 @@ async def test_bulk_details_filter_by_number_and_page_with_next_page_uri(
 
 async def test_bulk_details_filter_by_sid_and_creation_window(exotel: httpx.AsyncClient) -> None:
     sids = [await connect(exotel) for _ in range(3)]
+    for sid in sids:
+        await wait_until_ended(exotel, sid)
     now = datetime.now(EXOTEL_TIMEZONE)
 
     def window(start: datetime, end: datetime | None = None) -> str:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from app.calls.apply import apply_update
+from app.calls.schemas import CallOut
 from app.calls.state import CallState, LegState
 from app.exotel.schemas import CallUpdate, LegUpdate
 
@@ -227,3 +228,12 @@ def test_a_stored_sid_is_never_replaced() -> None:
     apply_update(call, connect_answer())
     apply_update(call, terminal(sid="another-sid"))
     assert call.sid == SID
+
+
+def test_a_call_exotel_names_keeps_no_error() -> None:
+    call = pending_call()
+    call.status, call.error_message = "unknown", "No answer from Exotel after sending: ReadTimeout"
+    applied = apply_update(call, terminal())
+    assert applied.changed
+    assert (call.sid, call.status) == (SID, "completed")
+    assert CallOut.from_state(call).error is None
