@@ -346,8 +346,8 @@ def markdown(
             f"applier drained them in {ingest.drain_s:.1f} s"
             + ("." if ingest.drained else " (NOT drained: the bench stopped waiting).")
             + " received_at is the service's clock when the request came in; processed_at "
-            "is Postgres' now() in the applier's batch transaction, i.e. when that "
-            "transaction began, not when it committed.",
+            "Postgres' clock when the applier wrote its batch back (clock_timestamp() in "
+            "its last statement, just before the commit).",
             "",
         ]
     if place is not None:
