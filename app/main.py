@@ -172,10 +172,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.notify_allowed_hosts = settings.notify_allowed_hosts
         exotel = await _exotel_client(app, settings, stack, engine)
         app.state.callback_inbox = CallbackInbox(engine)
-        await stack.enter_async_context(running_applier(engine))
-        # This process's claims on the work it does (app/claims.py): released together
-        # when it stops, or by Postgres when it dies.
-        claims = SessionClaims(engine)
+        # The applier's own connection: it never queues behind requests for one of theirs.
+        applier_engine = create_engine(database_url, pool_size=1)
+        stack.push_async_callback(applier_engine.dispose)
+        await stack.enter_async_context(running_applier(applier_engine))
+        # This process's claims on the work it does (app/claims.py), on a connection of
+        # their own, outside the request pool: released together when the process stops,
+        # or by Postgres when it dies.
+        claims_engine = create_engine(database_url, pool_size=1)
+        stack.push_async_callback(claims_engine.dispose)
+        claims = SessionClaims(claims_engine)
         await claims.start()
         stack.push_async_callback(claims.close)
         app.state.claims = claims
