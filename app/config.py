@@ -5,12 +5,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.exotel.simulator.config import SimulatorConfig
 
 EXOTEL_REGION_HOSTS = {"singapore": "https://api.exotel.com", "mumbai": "https://api.in.exotel.com"}
 EXOTEL_CREDENTIALS = ("EXOTEL_ACCOUNT_SID", "EXOTEL_API_KEY", "EXOTEL_API_TOKEN")
@@ -56,6 +59,8 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(60, gt=0)
     reconcile_unknown_grace_s: float = Field(600, gt=0)
     reconcile_give_up_s: float = Field(86400, gt=0)
+    # In Exotel's time: the simulator plays calls faster, and its figures come sooner.
+    details_after_s: float = Field(180, gt=0)
     notify_poll_interval_s: float = Field(0.5, gt=0)
     notify_timeout_s: float = Field(10.0, gt=0)
     notify_first_retry_s: float = Field(5.0, gt=0)
@@ -114,6 +119,13 @@ class Settings(BaseSettings):
     def live(self) -> bool:
         """True when real Exotel credentials are configured; otherwise calls are simulated."""
         return bool(self.exotel_account_sid)
+
+    @property
+    def details_after(self) -> timedelta:
+        """How long after a call's end its figures are first looked for: DETAILS_AFTER_S,
+        on the simulator's compressed clock in simulator mode."""
+        speed = 1.0 if self.live else SimulatorConfig.speed
+        return timedelta(seconds=self.details_after_s / speed)
 
     @property
     def json_logs(self) -> bool:

@@ -140,7 +140,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.tokens = CallbackTokens(callback_secret)
         exotel = await _exotel_client(app, settings, stack, engine)
         app.state.callback_inbox = CallbackInbox(engine)
-        await stack.enter_async_context(running_applier(engine))
+        await stack.enter_async_context(
+            running_applier(engine, details_after=settings.details_after)
+        )
         app.state.calls = CallService(
             engine,
             exotel,
@@ -149,6 +151,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             default_caller_id=settings.exotel_caller_id,
             default_country=settings.default_country,
             reconcile_after=timedelta(seconds=settings.reconcile_after_s),
+            details_after=settings.details_after,
         )
         if settings.run_jobs:
             await stack.enter_async_context(running_jobs(settings, sessions, exotel))

@@ -78,6 +78,12 @@ RECONCILE_OUTCOMES = Counter(
     ["outcome"],
 )
 
+DETAILS_OUTCOMES = Counter(
+    "callbridge_details_outcomes_total",
+    "Finished calls looked up for the figures Exotel fills in later (price, duration), by "
+    "outcome (waiting: not there yet; gave_up: never came).",
+    ["outcome"],
+)
 RATE_LIMITED = Counter(
     "callbridge_rate_limited_total",
     "POST /calls requests refused with 429, by API client.",

@@ -143,6 +143,7 @@ class CallService:
         default_caller_id: str | None,
         default_country: str,
         reconcile_after: timedelta,
+        details_after: timedelta,
     ) -> None:
         self._engine = engine
         # Single statements need no BEGIN/COMMIT of their own.
@@ -153,6 +154,7 @@ class CallService:
         self._default_caller_id = default_caller_id
         self._default_country = default_country
         self._reconcile_after = reconcile_after
+        self._details_after = details_after
 
     # -- placing -------------------------------------------------------------------
 
@@ -342,7 +344,7 @@ class CallService:
         async with self._engine.begin() as conn:
             [call] = (await store.lock(conn, [pending.id])).values()
             applied = apply_update(call, update)
-            await store.save_applied(conn, [(call, applied)])
+            await store.save_applied(conn, [(call, applied)], details_after=self._details_after)
             answer = Answer(201, self.resource(call), {"Location": call_location(call)})
             values: dict[str, Any] = {
                 "response_status": answer.status,
