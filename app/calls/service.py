@@ -26,9 +26,11 @@ from sqlalchemy import ColumnElement, Select, and_, literal, select, tuple_, uni
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.responses import StreamingResponse
 
 from app.calls import store
 from app.calls.apply import apply_update, is_terminal
+from app.calls.recording import stream_recording
 from app.calls.schemas import CallCreate, CallOut
 from app.calls.state import APPLIED_COLUMNS, CallState, LegState
 from app.calls.store import call_events, call_legs, calls
@@ -468,6 +470,11 @@ class CallService:
         if call is None:
             raise Problem(404, "call-not-found", f"No call has the sid or id {ref!r}")
         return call
+
+    async def recording(self, ref: str, range_header: str | None) -> StreamingResponse:
+        """The call's recording, streamed from Exotel (app/calls/recording.py)."""
+        call = await self.get(ref)
+        return await stream_recording(self._exotel, call.recording_url, range_header)
 
     async def events(self, ref: str) -> list[Row[Any]]:
         """What Exotel said about the call, in the order it was received."""
