@@ -62,7 +62,7 @@ CALL_STATUS_TRANSITIONS = Counter(
 
 RELAY_QUEUE_DEPTH = Gauge(
     "callbridge_relay_queue_depth",
-    "Finished-call notifications waiting to be delivered to their notify_url.",
+    "Notifications (call.finished, call.updated) waiting to be delivered to their notify_url.",
 )
 RELAY_FAILURES = Counter(
     "callbridge_relay_failures_total",
