@@ -211,12 +211,13 @@ class DetailsJob:
             )
 
     async def _look(self, due: list[_Due]) -> None:
+        # Without an answer, the calls wait for their next look like any other.
+        not_in = "waiting"
         try:
             figures = await look_for_figures(self._exotel, [call.sid for call in due])
         except ExotelError as exc:
             log.warning("details_exotel_failed", exotel_status=exc.status, reason=exc.message)
-            DETAILS_OUTCOMES.labels("exotel_error").inc(len(due))
-            figures = Figures({}, [call.sid for call in due], {})
+            figures, not_in = Figures({}, [call.sid for call in due], {}), "exotel_error"
         now = datetime.now(UTC)
         async with self._sessions() as session, session.begin():
             conn = await session.connection()
@@ -255,7 +256,7 @@ class DetailsJob:
             if events:
                 await conn.execute(insert(call_events), events)
         DETAILS_OUTCOMES.labels("arrived").inc(len(arrived))
-        DETAILS_OUTCOMES.labels("waiting").inc(len(due) - len(done) - len(gave_up))
+        DETAILS_OUTCOMES.labels(not_in).inc(len(due) - len(done) - len(gave_up))
         DETAILS_OUTCOMES.labels("gave_up").inc(len(gave_up))
         for left in gave_up:
             log.warning("details_gave_up", call_id=str(left.id), sid=left.sid, looks=left.look)

@@ -241,3 +241,26 @@ async def test_figures_that_never_come_are_given_up_and_the_call_says_so(
 def _gave_up_count() -> float:
     value = REGISTRY.get_sample_value("callbridge_details_outcomes_total", {"outcome": "gave_up"})
     return value or 0.0
+
+
+async def test_exotel_failing_leaves_the_calls_waiting_for_their_next_look(
+    start_app: AppFactory, exotel: respx.MockRouter
+) -> None:
+    running = await start_app(run_jobs=False)
+    [call] = await finished_calls(running, 1)
+    exotel.get(".json").respond(500, json={"RestException": {"Message": "Service Unavailable"}})
+
+    async with build_http_client(
+        EXOTEL_BASE, api_key="exotel-key", api_token="exotel-token", timeout_s=1
+    ) as http:
+        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=AsyncLimiter(100, 1))
+        await DetailsJob(
+            running.app.state.sessions, exotel_client, running.app.state.settings
+        ).run_once()
+
+    stored = await call_row(running, str(call.id))
+    assert stored.price is None
+    assert stored.details_looks == 1
+    assert stored.details_next_at is not None
+    assert stored.details_next_at > datetime.now(UTC) + timedelta(seconds=170)
+    assert await events_of(running, str(call.id)) == []
