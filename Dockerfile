@@ -6,6 +6,8 @@ ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
 WORKDIR /app
 COPY pyproject.toml uv.lock ./
 # Dependencies first, in their own layer: a code change does not reinstall them.
+# --no-dev and no extras: neither the dev tools nor the embedded Postgres (production
+# always has a DATABASE_URL).
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --locked --no-dev --no-install-project
 COPY README.md alembic.ini ./
 COPY migrations ./migrations

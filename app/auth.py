@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -50,12 +51,25 @@ def _unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _from_this_machine(request: Request) -> bool:
+    """Open access (simulator mode without API_KEYS) is for a developer's own machine."""
+    host = request.client.host if request.client else ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _require(role: Role) -> object:
     def dependency(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ApiClient:
         keys: ApiKeys = request.app.state.api_keys
+        if keys.open_access and not _from_this_machine(request):
+            raise Problem(
+                403, "forbidden", "Without API_KEYS, only requests from this machine are served"
+            )
         client = keys.identify(credentials.credentials if credentials else None)
         if role == "write" and client.role != "write":
             raise Problem(403, "forbidden", "This API key may only read calls")

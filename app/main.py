@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 import structlog
-from aiolimiter import AsyncLimiter
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import ApiKeys
@@ -20,23 +22,24 @@ from app.callbacks.service import CallbackInbox
 from app.calls.router import router as calls_router
 from app.calls.service import CallService
 from app.calls.tokens import CallbackTokens
-from app.config import Settings, get_settings
-from app.db import (
-    create_engine,
-    create_sessionmaker,
-    migrate,
-    start_embedded_postgres,
-    wait_for_database,
+from app.config import (
+    CONFIG_ERROR_EXIT,
+    ConfigError,
+    Settings,
+    get_settings,
+    report_config_error,
 )
+from app.db import create_engine, create_sessionmaker, migrate, wait_for_database
+from app.embedded import EmbeddedPostgres
 from app.errors import install_error_handlers
 from app.exotel.client import ExotelClient, build_http_client
 from app.jobs.runner import running_jobs
+from app.limits.gcra import client_limiter, exotel_limiter
 from app.logs import configure_logging
-from app.middleware import MAX_BODY_BYTES, BodySizeLimitMiddleware, RequestLogMiddleware
+from app.middleware import MAX_BODY_BYTES, BodyLimitsMiddleware, RequestLogMiddleware
 from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.ops.service import OpsService
-from app.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -53,16 +56,36 @@ Internal services place calls with `POST /calls`; dashboards read them back.
 """
 
 
-async def _database_url(settings: Settings) -> str:
+async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
     if settings.database_url:
         return settings.database_url
-    return await asyncio.to_thread(start_embedded_postgres, settings.callbridge_data_dir)
+    # Simulator mode only (live mode requires DATABASE_URL). Stopped when the lifespan
+    # ends, however it ends: SIGTERM, SIGINT, or a failure later in startup.
+    embedded = EmbeddedPostgres(settings.callbridge_data_dir)
+    url = await asyncio.to_thread(embedded.start)
+    stack.push_async_callback(asyncio.to_thread, embedded.stop)
+    return url
+
+
+def _settings_or_exit(app: FastAPI) -> Settings:
+    """The app's settings; from the environment when served as `uvicorn app.main:app`, where
+    unusable settings end the process with CONFIG_ERROR_EXIT, as `callbridge serve` does."""
+    if app.state.settings is not None:
+        settings: Settings = app.state.settings
+        return settings
+    try:
+        return get_settings()
+    except ConfigError as error:
+        report_config_error(error)
+        # uvicorn turns any startup failure into exit status 3 after a traceback; nothing
+        # has started yet, so there is nothing to clean up.
+        logging.shutdown()
+        os._exit(CONFIG_ERROR_EXIT)
 
 
 async def _exotel_client(
     app: FastAPI, settings: Settings, stack: AsyncExitStack, engine: AsyncEngine
 ) -> ExotelClient:
-    limiter = AsyncLimiter(settings.exotel_requests_per_minute, time_period=60)
     if settings.live:
         assert settings.exotel_account_sid is not None
         assert settings.exotel_api_key is not None
@@ -74,6 +97,9 @@ async def _exotel_client(
             timeout_s=settings.exotel_timeout_s,
         )
         stack.push_async_callback(http.aclose)
+        limiter = exotel_limiter(
+            engine, settings.exotel_account_sid, settings.exotel_requests_per_minute
+        )
         return ExotelClient(http, account_sid=settings.exotel_account_sid, limiter=limiter)
 
     from app.exotel.simulator import Simulator, SimulatorConfig
@@ -92,9 +118,10 @@ async def _exotel_client(
     )
     stack.push_async_callback(http.aclose)
     log.warning(
-        "SIMULATOR MODE: no Exotel credentials are set, calls are simulated and no phone rings",
+        "SIMULATOR MODE: calls are simulated and no phone rings",
         simulator_url=settings.public_base_url + SIMULATOR_PREFIX,
     )
+    limiter = exotel_limiter(engine, config.account_sid, settings.exotel_requests_per_minute)
     return ExotelClient(http, account_sid=config.account_sid, limiter=limiter)
 
 
@@ -109,14 +136,14 @@ def _secrets(settings: Settings) -> list[str]:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings or get_settings()
+    settings = _settings_or_exit(app)
     configure_logging(
         json_format=settings.json_logs,
         level=settings.log_level,
         secrets=_secrets(settings),
     )
     async with AsyncExitStack() as stack:
-        database_url = await _database_url(settings)
+        database_url = await _database_url(settings, stack)
         engine = create_engine(database_url)
         stack.push_async_callback(engine.dispose)
         await wait_for_database(engine, timeout_s=settings.database_wait_s)
@@ -132,12 +159,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             else settings.dev_secret("callback_secret")
         )
         app.state.api_keys = ApiKeys(settings.api_clients)
-        if app.state.api_keys.open_access:
-            log.warning("OPEN ACCESS: API_KEYS is empty, every request may place and read calls")
+        if app.state.api_keys.open_access and app.state.serves_http:
+            log.warning(
+                "OPEN ACCESS: API_KEYS is empty, every request from this machine may place "
+                "and read calls"
+            )
         app.state.sessions = sessions
-        app.state.ops = OpsService(sessions)
-        app.state.call_limiter = RateLimiter(settings.calls_per_minute_per_client)
+        app.state.ops = OpsService(sessions, exports_fleet_gauges=settings.run_jobs)
+        app.state.call_limiter = client_limiter(engine, settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
+        app.state.notify_allowed_hosts = settings.notify_allowed_hosts
         exotel = await _exotel_client(app, settings, stack, engine)
         app.state.callback_inbox = CallbackInbox(engine)
         await stack.enter_async_context(
@@ -166,8 +197,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             gc.unfreeze()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(
+def create_app(settings: Settings | None = None, *, serves_http: bool = True) -> FastAPI:
+    """The application; `serves_http=False` for `callbridge worker`, which runs only the jobs."""
+    # Swagger UI and ReDoc from assets served by the app itself (fastapi-offline): /docs
+    # works on networks without internet.
+    app = FastAPIOffline(
         title="Callbridge",
         summary="Places phone calls through Exotel and keeps them current from its callbacks.",
         description=API_DESCRIPTION,
@@ -175,10 +209,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.serves_http = serves_http
     install_error_handlers(app)
     install_openapi(app)
     # The last added runs first: the request log sees (and counts) the 413s too.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimitsMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestLogMiddleware)
     app.include_router(calls_router)
     app.include_router(callbacks_router)

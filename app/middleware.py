@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: the request log (with HTTP metrics) and the request body cap.
+"""Pure ASGI middleware: the request log (with HTTP metrics) and the request body limits.
 
 Pure ASGI rather than BaseHTTPMiddleware: nothing is buffered, the request id bound
 here reaches every log line of the request (same task, same contextvars), and a body
@@ -7,12 +7,14 @@ can be refused while it streams in.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
 
 import structlog
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import HTTPProblem, Problem
@@ -22,12 +24,23 @@ log = structlog.get_logger("app.requests")
 
 # Requests to Callbridge are a few KiB at most (POST /calls with four long URLs).
 MAX_BODY_BYTES = 64 * 1024
+# A few KiB take milliseconds; a client dripping a byte a second would hold its
+# connection (and a worker's memory) for as long as it liked. Headers are uvicorn's to
+# bound (README, Limits).
+BODY_READ_TIMEOUT_S = 10.0
+# What the log and the metrics say of a request whose client left before its answer (as
+# nginx counts it): no error of ours, nobody got a 500.
+CLIENT_CLOSED = 499
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is kept if it could not smuggle anything into a log line or a header.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Probes and scrapes arrive every few seconds; at info they would drown the log.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# The built-in simulator of simulator mode (app.main.SIMULATOR_PREFIX) answers its
+# deliberate 4xx/5xx there: its traffic is Exotel's, not the service's, so it is neither
+# counted in the HTTP metrics (an alert on 5xx would fire) nor logged as requests.
+NOT_THE_SERVICE = "/simulator/"
 UNMATCHED_ROUTE = "unmatched"
 
 
@@ -63,27 +76,45 @@ class RequestLogMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or str(scope["path"]).startswith(NOT_THE_SERVICE):
             await self.app(scope, receive, send)
             return
         request_id = _request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
+        responded = client_left = False
         started = time.perf_counter()
 
+        async def receive_noting_disconnect() -> Message:
+            nonlocal client_left
+            message = await receive()
+            if message["type"] == "http.disconnect" and not responded:
+                client_left = True
+            return message
+
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
                 status = message["status"]
+                responded = True
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
-                await self.app(scope, receive, send_with_request_id)
+                await self.app(scope, receive_noting_disconnect, send_with_request_id)
+            except ClientDisconnect:
+                # The client left mid-upload: nobody is there to answer, and nothing
+                # failed on our side, so this is no unhandled error.
+                client_left = True
+            except Exception:
+                if not client_left:
+                    raise
             finally:
                 duration = time.perf_counter() - started
+                if client_left:
+                    status = CLIENT_CLOSED
                 route = _route_template(scope)
                 method = scope["method"] if scope["method"] in _METHODS else "other"
                 HTTP_REQUESTS.labels(method, route, str(status)).inc()
@@ -96,23 +127,37 @@ class RequestLogMiddleware:
                     status=status,
                     duration_ms=round(duration * 1000, 1),
                     client=state.get("api_client"),
+                    **({"outcome": "client_closed"} if client_left else {}),
                 )
 
 
-class BodySizeLimitMiddleware:
-    """Refuse request bodies over `max_bytes` with 413, without ever holding more.
+class BodyLimitsMiddleware:
+    """Refuse request bodies over `max_bytes` (413) or slower than `timeout_s` (408).
 
-    A declared Content-Length is refused before the app runs; a chunked body is
-    counted as it streams and refused at the chunk that crosses the limit.
+    A declared Content-Length over the limit is refused before the app runs; a chunked
+    body is counted as it streams and refused at the chunk that crosses the limit. The
+    time runs from the app's first read of the body to its last chunk.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, timeout_s: float = BODY_READ_TIMEOUT_S
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     def _too_large(self) -> Problem:
         return Problem(
             413, "body-too-large", f"The request body may not exceed {self.max_bytes} bytes"
+        )
+
+    def _too_slow(self) -> Problem:
+        return Problem(
+            408,
+            "body-timeout",
+            f"The request body did not arrive within {self.timeout_s:g} s",
+            # The rest of the body is never read: the connection cannot serve another.
+            headers={"Connection": "close"},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,14 +169,26 @@ class BodySizeLimitMiddleware:
             await self._too_large().response()(scope, receive, send)
             return
         received = 0
+        deadline: float | None = None
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, body_done
+            if body_done:
+                # Only a disconnect can come now; waiting for it is not reading a body.
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPProblem(self._too_slow()) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise HTTPProblem(self._too_large())
+                body_done = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)

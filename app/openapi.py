@@ -25,7 +25,11 @@ def _restore_response_examples(app: FastAPI, document: dict[str, Any]) -> None:
     of the examples, leaving a call resource without its (nullable, required) fields.
     """
     for route in iter_route_contexts(app.routes):
-        if not isinstance(route.original_route, APIRoute) or route.path_format is None:
+        if (
+            not isinstance(route.original_route, APIRoute)
+            or not route.original_route.include_in_schema
+            or route.path_format is None
+        ):
             continue
         for method in route.methods or ():
             operation = document["paths"][route.path_format].get(method.lower())

@@ -34,7 +34,7 @@ from bench.servers import (
 
 CONCURRENCY = 64
 CALLBACK_SECRET = "bench-callback-secret-not-for-production"  # noqa: S105
-API_KEYS = "bench:bench-writer-key:write"
+API_KEYS = "bench:bench-writer-key-not-for-production-0123:write"
 WARMUP_CALLS = 5_000
 FINAL_STATUSES = ("completed", "completed", "completed", "busy", "no-answer", "failed")
 EXOTEL_TIME = "%Y-%m-%d %H:%M:%S"

@@ -39,7 +39,7 @@ WARMUP = 10
 SEQUENTIAL = 40
 CONCURRENT = EXOTEL_BUDGET - WARMUP - SEQUENTIAL
 CALLBACK_SECRET = "bench-callback-secret-not-for-production"  # noqa: S105
-WRITER_KEY = "bench-writer-key"
+WRITER_KEY = "bench-writer-key-not-for-production-0123"
 CALLER_ID = "+918047112233"
 # Where the baseline's StatusCallback points: nothing listens (no callback is due anyway).
 DEAD_CALLBACK = "http://127.0.0.1:9/callbacks/exotel"

@@ -31,6 +31,7 @@ from app.config import Settings
 from app.main import create_app
 from bench.load import LoadResult
 from bench.servers import (
+    BENCH_NOTIFY_SECRET,
     OUT_DIR,
     Server,
     callbridge_env,
@@ -47,7 +48,7 @@ CALLERS = 2_000  # distinct `from` numbers: 500 calls each
 CALLEES = 200_000  # distinct `to` numbers: 5 calls each
 ORDERS = 300_000  # distinct custom_field values
 DAYS = 90
-READER_KEY = "bench-reader-key"
+READER_KEY = "bench-reader-key-not-for-production-0123"
 CALLBACK_SECRET = "bench-callback-secret-not-for-production"  # noqa: S105
 
 # Status by mod(i * 7919, 1000): mostly finished calls, a few running or unsettled.
@@ -317,6 +318,9 @@ async def _plans(url: str, start: datetime) -> tuple[list[tuple[str, str]], list
         exotel_api_key="bench",
         exotel_api_token="bench",  # noqa: S106 - nothing is sent: reads only
         exotel_base_url="http://127.0.0.1:9",
+        exotel_caller_id="08000000000",
+        public_base_url="http://127.0.0.1:9",
+        notify_secret=BENCH_NOTIFY_SECRET,
         run_jobs=False,
         log_level="WARNING",
     )

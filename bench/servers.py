@@ -7,6 +7,7 @@ production runs, and so that a test may SIGKILL it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -23,7 +24,8 @@ import psutil  # type: ignore[import-untyped]
 import psycopg
 from psycopg import sql
 
-from app.db import PROJECT_ROOT, migrate, start_embedded_postgres
+from app.db import PROJECT_ROOT, migrate
+from app.embedded import EmbeddedPostgres
 
 ServerKind = Literal["callbridge", "reference", "simulator"]
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -67,7 +69,9 @@ def postgres_server(url: str | None) -> tuple[str, str]:
         return libpq_url(url), "given"
     if _reachable(LOCAL_POSTGRES):
         return LOCAL_POSTGRES, "127.0.0.1:5432"
-    embedded = start_embedded_postgres(PROJECT_ROOT / ".callbridge" / "bench")
+    server = EmbeddedPostgres(PROJECT_ROOT / ".callbridge" / "bench")
+    embedded = server.start()
+    atexit.register(server.stop)
     return libpq_url(embedded), "embedded"
 
 
@@ -190,6 +194,9 @@ def running(server: Server) -> Iterator[Server]:
         server.stop()
 
 
+BENCH_NOTIFY_SECRET = "whsec_YmVuY2gtbm90aWZ5LWtleS1ub3QtZm9yLXByb2R1Y3Rpb24="  # noqa: S105
+
+
 def callbridge_env(
     database_url: str,
     *,
@@ -213,6 +220,7 @@ def callbridge_env(
         "EXOTEL_BASE_URL": exotel_url,
         "EXOTEL_CALLER_ID": "08047112233",
         "PUBLIC_BASE_URL": public_base_url,
+        "NOTIFY_SECRET": BENCH_NOTIFY_SECRET,
         "LOG_FORMAT": "json",
         **{name.upper(): value for name, value in extra.items()},
     }

@@ -15,26 +15,38 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.config import Settings
-from app.db import PROJECT_ROOT, migrate, start_embedded_postgres
+from app.db import PROJECT_ROOT, migrate
+from app.embedded import EmbeddedPostgres
 from app.main import create_app
 
 EXOTEL_BASE = "http://exotel.test"
 EXOTEL_ACCOUNT = "callbridge-test"
 EXOTEL_CALLS = f"{EXOTEL_BASE}/v1/Accounts/{EXOTEL_ACCOUNT}/Calls"
-WRITER_KEY = "writer-secret"
-READER_KEY = "reader-secret"
+# Live mode wants secrets of at least 32 bytes.
+WRITER_KEY = "writer-secret-for-tests-0123456789ab"
+READER_KEY = "reader-secret-for-tests-0123456789ab"
+CALLBACK_SECRET = "callback-secret-for-tests-0123456789"
+NOTIFY_SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 FIXTURES = Path(__file__).parent / "fixtures"
-TABLES = "calls, call_legs, call_events, notifications"
+TABLES = "calls, call_legs, call_events, notifications, rate_limit_buckets"
 WAITING_CALLBACKS = "SELECT EXISTS (SELECT FROM call_events WHERE processed_at IS NULL)"
 
 
-def _server_url() -> str:
-    """TEST_DATABASE_URL if given (CI uses the machine's Postgres), else an embedded one."""
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """TEST_DATABASE_URL if given (CI uses the machine's Postgres), else an embedded server
+    of the tests' own under .callbridge/test (not the one `scripts/serve` runs), listening on
+    127.0.0.1 too so the outage tests can put a proxy in front of it; stopped at the end."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
-        return url.replace("postgresql+psycopg://", "postgresql://")
-    embedded = start_embedded_postgres(PROJECT_ROOT / ".callbridge" / "test")
-    return embedded.replace("postgresql+psycopg://", "postgresql://")
+        yield url.replace("postgresql+psycopg://", "postgresql://")
+        return
+    server = EmbeddedPostgres(PROJECT_ROOT / ".callbridge" / "test", listen_tcp=True)
+    embedded = server.start()
+    try:
+        yield embedded.replace("postgresql+psycopg://", "postgresql://")
+    finally:
+        server.stop()
 
 
 def _with_database(url: str, name: str) -> str:
@@ -44,9 +56,9 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def database_url(postgres_server: str) -> Iterator[str]:
     """A fresh database for this test process, migrated to head, dropped at the end."""
-    server = _server_url()
+    server = postgres_server
     name = f"callbridge_test_{os.getpid()}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -71,11 +83,12 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "database_url": database_url,
         "exotel_account_sid": EXOTEL_ACCOUNT,
         "exotel_api_key": "exotel-key",
-        "exotel_api_token": "exotel-token",
         "exotel_base_url": EXOTEL_BASE,
         "exotel_caller_id": "08047112233",
         "public_base_url": "http://callbridge.test",
-        "callback_secret": "callback-secret-for-tests",
+        "callback_secret": CALLBACK_SECRET,
+        "notify_secret": NOTIFY_SECRET,
+        "exotel_api_token": "exotel-token",
         "api_keys": f"orders:{WRITER_KEY}:write,dashboard:{READER_KEY}:read",
         "run_jobs": False,
         "log_format": "console",

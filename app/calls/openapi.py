@@ -72,7 +72,9 @@ PLACE_EXAMPLES: dict[str, Any] = {
         "value": {"from": "09876543210", "to": "+919123456789"},
     },
     "everything": {
-        "summary": "Every option",
+        "summary": "Every option but notify_url",
+        "description": "`notify_url` is left out: an example receiver would only collect a "
+        "day of failed deliveries. Give your own public https endpoint.",
         "value": {
             "from": "+919876543210",
             "to": "09123456789",
@@ -89,7 +91,6 @@ PLACE_EXAMPLES: dict[str, Any] = {
             "start_playback_value": "https://cdn.example.com/intro.mp3",
             "stream_url": "wss://stream.example.com/audio",
             "stream_begin": "leg2_connect",
-            "notify_url": "https://orders.internal/hooks/calls",
         },
     },
 }

@@ -25,9 +25,11 @@ from app.calls.schemas import (
     CallEventOut,
     CallOut,
     CallPage,
+    PhoneNumberText,
 )
 from app.calls.service import CallFilters, CallService
-from app.errors import PROBLEM_CONTENT_TYPE
+from app.errors import PROBLEM_CONTENT_TYPE, validation_problem
+from app.notify_targets import notify_url_refusal
 from app.ratelimit import LimitedWriter
 
 router = APIRouter(prefix="/calls", tags=["calls"])
@@ -61,6 +63,11 @@ async def place_call(
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
 ) -> Response:
+    if body.notify_url is not None:
+        allowed_hosts: frozenset[str] = request.app.state.notify_allowed_hosts
+        refusal = notify_url_refusal(body.notify_url.host or "", allowed_hosts)
+        if refusal is not None:
+            raise validation_problem([{"field": "notify_url", "message": refusal}])
     answer, replayed = await _service(request).place(client, body, idempotency_key)
     headers = dict(answer.headers)
     if replayed:
@@ -79,8 +86,8 @@ async def list_calls(
     request: Request,
     _: Reader,
     status: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
-    from_: Annotated[str | None, Query(alias="from", max_length=32)] = None,
-    to: Annotated[str | None, Query(max_length=32)] = None,
+    from_: Annotated[PhoneNumberText | None, Query(alias="from")] = None,
+    to: Annotated[PhoneNumberText | None, Query()] = None,
     custom_field: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     AnyUrl,
     BaseModel,
     ConfigDict,
@@ -15,14 +19,32 @@ from pydantic import (
     HttpUrl,
     PlainSerializer,
     UrlConstraints,
+    ValidatorFunctionWrapHandler,
     field_validator,
 )
+from pydantic_core import to_json
 
 from app.calls.state import CallState
+from app.notify_targets import literal_address
 
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"], max_length=2048)]
 WebUrl = Annotated[HttpUrl, UrlConstraints(max_length=2048)]
-PhoneNumberText = Annotated[str, Field(min_length=1, max_length=32)]
+# Digits, an optional leading +, and the separators people write, nothing else: the
+# number parser would turn letters into keypad digits ("98765abcde" dialled
+# +919876522233) and silently drop an extension.
+_DIALABLE = re.compile(r" *\+?[0-9 ().-]+", re.ASCII)
+
+
+def _dialable(number: str) -> str:
+    if not _DIALABLE.fullmatch(number):
+        raise ValueError(
+            "Only digits, a leading +, spaces, dashes, dots and parentheses (no letters, "
+            "no extension)"
+        )
+    return number
+
+
+PhoneNumberText = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_dialable)]
 # Every time reads in UTC, however it was learnt (Exotel's own are IST).
 UtcDatetime = Annotated[
     datetime, PlainSerializer(lambda value: value.astimezone(UTC), return_type=datetime)
@@ -46,7 +68,6 @@ class CallCreate(BaseModel):
                     "time_out": 30,
                     "record": True,
                     "custom_field": "order-1234",
-                    "notify_url": "https://orders.internal/hooks/calls",
                 }
             ]
         },
@@ -77,6 +98,36 @@ class CallCreate(BaseModel):
         if value is not None and not (value.path or "").lower().endswith(".wav"):
             raise ValueError("must point to a .wav file")
         return value
+
+    @field_validator("notify_url", mode="wrap")
+    @classmethod
+    def _notify_url_is_plain(
+        cls, value: object, handler: ValidatorFunctionWrapHandler
+    ) -> HttpUrl | None:
+        url: HttpUrl | None = handler(value)
+        if url is None:
+            return None
+        if url.username is not None or url.password is not None:
+            raise ValueError("must not hold credentials (user:password@)")
+        if literal_address(_bare_host(url)) is not None and not _plainly_written(value, url):
+            # `2130706433`, `0x7f000001` or `127.1` are 127.0.0.1 in disguise: written so,
+            # an address could pass for another host in NOTIFY_ALLOWED_HOSTS.
+            raise ValueError("write an IP address in its usual form (such as 192.0.2.10)")
+        return url
+
+
+def _plainly_written(given: object, url: HttpUrl) -> bool:
+    """Whether the URL's IP address was written as it is normalised, not in another form."""
+    try:
+        host = urlsplit(str(given)).hostname or ""
+        return ipaddress.ip_address(host) == literal_address(_bare_host(url))
+    except ValueError:
+        return False
+
+
+def _bare_host(url: HttpUrl) -> str:
+    """The URL's host; an IPv6 address without its brackets."""
+    return (url.host or "").removeprefix("[").removesuffix("]")
 
 
 class LegOut(BaseModel):
@@ -211,7 +262,15 @@ class CallEventList(BaseModel):
 
 
 def _payload(raw_body: bytes, content_type: str | None) -> Any:
+    """A JSON body as its document, if it reads as one that JSON can show again (no lone
+    surrogate, no NaN, not nested beyond what the encoder follows); else the text."""
     if (content_type or "").split(";")[0].strip().lower() == "application/json":
         with contextlib.suppress(ValueError, RecursionError):
-            return json.loads(raw_body)
+            document = json.loads(raw_body, parse_constant=_no_constant)
+            to_json(document)
+            return document
     return raw_body.decode("utf-8", errors="replace")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON a reader can take")

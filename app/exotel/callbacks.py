@@ -26,11 +26,19 @@ MULTIPART = "multipart/form-data"
 URLENCODED = "application/x-www-form-urlencoded"
 SUPPORTED_MEDIA_TYPES = (MULTIPART, URLENCODED, JSON)
 
-# Exotel numbers the attempted legs from 0; a connect call has two. The bound keeps an
-# odd payload from turning into thousands of leg rows.
-MAX_LEGS = 10
-LEG_KEY = re.compile(r"Legs\[(\d+)\]\[(\w+)\]")
+# A connect call has two legs, numbered from 0 (leg 0 rings From, leg 1 To); what a
+# payload says of any other leg is not applied. ASCII digits only: `\d` would also take
+# "Legs[\\u0663][Status]" (an Arabic-Indic three) as a leg index.
+CONNECT_LEGS = 2
+LEG_KEY = re.compile(r"Legs\[([0-9]{1,3})\]\[(\w+)\]", re.ASCII)
 LEG_FIELDS = {"Status": "status", "OnCallDuration": "on_call_duration", "AnsweredBy": "answered_by"}
+# Longer JSON integers than this are kept as text: Python refuses to convert past 4,300
+# digits (a ValueError), and the conversion costs quadratic time before that.
+MAX_INT_DIGITS = 30
+# The payload names ExotelCallback reads; anything else is ignored before validation.
+CALLBACK_FIELDS = frozenset(
+    field.alias or name for name, field in ExotelCallback.model_fields.items()
+)
 
 
 class CallbackError(ValueError):
@@ -62,6 +70,12 @@ def _media_type(content_type: str | None) -> str:
 
 
 async def parse_callback(body: bytes, content_type: str | None) -> ExotelCallback:
+    """Read a callback body; raises only CallbackError (and its subclasses).
+
+    Only what cannot be a callback at all is refused: an unknown Content-Type, a body
+    that is not JSON or form data, no usable CallSid. A value that cannot be read
+    (wrong shape, out of range, unknown word) is "not said", so the rest still counts.
+    """
     kind = _media_type(content_type)
     if kind == JSON:
         fields = _json_fields(body)
@@ -75,28 +89,48 @@ async def parse_callback(body: bytes, content_type: str | None) -> ExotelCallbac
     return _validated(fields)
 
 
+def _keep_as_text(constant: str) -> str:
+    """JSON's `NaN` and `Infinity` stay words (and so are no number), not floats."""
+    return constant
+
+
+def _int_or_text(digits: str) -> int | str:
+    """A JSON integer; one too long to be any of Exotel's stays text (no slow conversion)."""
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else digits
+
+
 def _json_fields(body: bytes) -> dict[str, Any]:
     try:
-        document = json.loads(body)
-    except ValueError as exc:
+        document = json.loads(body, parse_constant=_keep_as_text, parse_int=_int_or_text)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError too
         raise UnreadableCallback(f"The body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        # Arrays nested thousands deep: no callback looks like that.
+        raise UnreadableCallback("The JSON body is nested too deeply") from None
     if not isinstance(document, dict):
         raise UnreadableCallback("The JSON body is not an object")
+    fields = {name: value for name, value in document.items() if name in CALLBACK_FIELDS}
     legs = document.get("Legs")
-    if legs is None:
-        return document
-    if not isinstance(legs, list):
-        raise InvalidCallback([{"field": "Legs", "message": "Must be an array"}])
-    if len(legs) > MAX_LEGS:
-        raise InvalidCallback([{"field": "Legs", "message": f"More than {MAX_LEGS} legs"}])
-    parsed = []
-    for index, leg in enumerate(legs):
-        if leg is None:
-            continue
-        if not isinstance(leg, dict):
-            raise InvalidCallback([{"field": f"Legs[{index}]", "message": "Must be an object"}])
-        parsed.append(_leg(index, leg))
-    return {**document, "Legs": parsed}
+    # Legs of another shape than an array of objects say nothing.
+    fields["Legs"] = (
+        [_leg(index, leg) for index, leg in enumerate(legs[:CONNECT_LEGS]) if isinstance(leg, dict)]
+        if isinstance(legs, list)
+        else []
+    )
+    return fields
+
+
+class _MultiPartParser(MultiPartParser):
+    """Starlette's parser, noting whether the closing boundary came.
+
+    python-multipart accepts a body cut short and silently drops its last part: half a
+    callback would then be applied as if it were whole.
+    """
+
+    complete = False
+
+    def on_end(self) -> None:
+        self.complete = True
 
 
 async def _read_form(body: bytes, content_type: str, *, multipart: bool) -> FormData:
@@ -107,7 +141,11 @@ async def _read_form(body: bytes, content_type: str, *, multipart: bool) -> Form
     try:
         if multipart:
             # Exotel sends fields only; refusing file parts keeps temporary files out.
-            return await MultiPartParser(headers, stream(), max_files=0).parse()
+            parser = _MultiPartParser(headers, stream(), max_files=0)
+            form = await parser.parse()
+            if not parser.complete:
+                raise UnreadableCallback("The multipart body ends before its closing boundary")
+            return form
         return await FormParser(headers, stream()).parse()
     except MultiPartException as exc:
         raise UnreadableCallback(f"The body is not valid form data: {exc.message}") from exc
@@ -120,14 +158,13 @@ def _form_fields(form: FormData) -> dict[str, Any]:
         assert isinstance(value, str)  # file parts were refused by the parser
         leg_key = LEG_KEY.fullmatch(name)
         if leg_key is None:
-            fields[name] = value
+            if name in CALLBACK_FIELDS:
+                fields[name] = value
             continue
         index = int(leg_key[1])
-        if index >= MAX_LEGS:
-            raise InvalidCallback([{"field": name, "message": f"Leg index above {MAX_LEGS - 1}"}])
-        legs.setdefault(index, {})[leg_key[2]] = value
-    if legs:
-        fields["Legs"] = [_leg(index, legs[index]) for index in sorted(legs)]
+        if index < CONNECT_LEGS:
+            legs.setdefault(index, {})[leg_key[2]] = value
+    fields["Legs"] = [_leg(index, legs[index]) for index in sorted(legs)]
     return fields
 
 
@@ -138,15 +175,37 @@ def _leg(index: int, leg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _validated(fields: dict[str, Any]) -> ExotelCallback:
-    sid = fields.get("CallSid")
-    if sid is None or (isinstance(sid, str) and not sid.strip()):
-        raise InvalidCallback([{"field": "CallSid", "message": "Required: the Exotel Call Sid"}])
-    try:
-        return ExotelCallback.model_validate(fields)
-    except ValidationError as exc:
-        raise InvalidCallback(
-            [
-                {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
-                for error in exc.errors(include_url=False)
-            ]
-        ) from exc
+    """The callback, leaving out each value that does not validate (and only those)."""
+    while True:
+        try:
+            return ExotelCallback.model_validate(fields)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+        except RecursionError:
+            # A value nested deep enough for pydantic to give up: not a callback.
+            raise UnreadableCallback("The body is nested too deeply") from None
+        if any(error["loc"][:1] == ("CallSid",) for error in errors):
+            raise InvalidCallback([_sid_error(fields)])
+        # Each round leaves out at least one of the few values there are, so this ends.
+        if not any([_dropped(fields, error["loc"]) for error in errors]):
+            raise InvalidCallback(
+                [{"field": _dotted(error["loc"]), "message": error["msg"]} for error in errors]
+            )
+
+
+def _dropped(fields: dict[str, Any], location: tuple[int | str, ...]) -> bool:
+    """Leave out the value at `location` (a field, or one field of a leg); True if it was there."""
+    if location[:1] == ("Legs",) and len(location) >= 3 and isinstance(location[1], int):
+        legs = fields["Legs"]
+        return location[1] < len(legs) and legs[location[1]].pop(str(location[2]), None) is not None
+    return bool(location) and fields.pop(str(location[0]), None) is not None
+
+
+def _dotted(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def _sid_error(fields: Mapping[str, Any]) -> dict[str, str]:
+    if fields.get("CallSid") is None:
+        return {"field": "CallSid", "message": "Required: the Exotel Call Sid"}
+    return {"field": "CallSid", "message": "Not an Exotel Call Sid (text of 1 to 64 characters)"}

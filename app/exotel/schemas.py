@@ -7,25 +7,40 @@ validators here absorb all of that so the rest of the service sees clean values.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 EXOTEL_TIMEZONE = ZoneInfo("Asia/Kolkata")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
-# Every call status Exotel uses. Call details also say `queued` and `ringing` (the call
-# is waiting, or a leg rings): kept as they are, both are in the contract's status list.
-CALL_STATUSES = TERMINAL_STATUSES | {"queued", "ringing", "in-progress"}
-# Exotel writes "no time" as the epoch in IST: `1970-01-01 05:30:00`.
-EMPTY_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+# Exotel's words for a call's status, and for a leg's; any other word is "not said". Call
+# details also say `queued` and `ringing` (the call waits, or a leg rings): kept as they
+# are, both are in the contract's status list.
+CALL_STATUSES = frozenset({"queued", "ringing", "in-progress", *TERMINAL_STATUSES})
 # What AnsweredBy may say, casing aside, and how Callbridge spells it. `NA` (not
 # applicable, always on the first leg) means nobody: it is not an answer.
 ANSWERED_BY = {"human": "human", "machine": "machine", "notsure": "not-sure"}
 MAX_DETAIL_LEGS = 10
 _DETAIL_LEG_IDS = frozenset(str(number) for number in range(1, MAX_DETAIL_LEGS + 1))
+
+# A plain decimal as Exotel writes numbers ("17", "1.500"): no exponent, no "Infinity",
+# and short, so that reading one costs next to nothing whatever a callback sends
+# (`int(Decimal("1e1000000"))` would hold the event loop for seconds).
+_PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]{1,15}(?:\.[0-9]{0,15})?", re.ASCII)
+# Durations longer than a day and prices beyond this are not a real call's; not applied.
+MAX_DURATION_S = 86_400
+MAX_PRICE = Decimal(100_000)
+# Times outside this window are not a real call's (and some, once in UTC, leave the
+# years the database can store): not applied. Exotel's "no time" marker, 1970-01-01
+# 05:30:00 (epoch zero in IST), falls before it too.
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_TIME_AHEAD = timedelta(days=1)
+# Longer than any ISO 8601 time with an offset and microseconds.
+_MAX_TIME_TEXT = 40
 
 
 def _blank_to_none(value: Any) -> Any:
@@ -36,24 +51,51 @@ def _blank_to_none(value: Any) -> Any:
     return value
 
 
-def _lenient_int(value: Any) -> int | None:
+def _storable_text(value: Any) -> Any:
+    """Text Postgres can store, or None: no NUL, no lone surrogate (JSON's `\\ud800`)."""
     value = _blank_to_none(value)
-    if value is None:
+    if not isinstance(value, str):
+        return value
+    if "\x00" in value:
         return None
     try:
-        return int(Decimal(str(value).strip()))
-    except (InvalidOperation, ValueError):
+        value.encode("utf-8")
+    except UnicodeEncodeError:
         return None
+    return value
+
+
+def _plain_decimal(value: Any) -> Decimal | None:
+    """A number in bounded time: plain decimals only; anything else is None."""
+    value = _blank_to_none(value)
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | Decimal):
+        # Compared as a number: str() of a huge int is itself slow (and refused), and a
+        # small Decimal prints with an exponent ("1E-7").
+        number = Decimal(value)
+        return number if number.is_finite() and abs(number) < 10**15 else None
+    text = str(value).strip() if isinstance(value, str | float) else ""
+    if not _PLAIN_DECIMAL.fullmatch(text):
+        return None
+    return Decimal(text)
+
+
+def _lenient_int(value: Any) -> int | None:
+    number = _plain_decimal(value)
+    return int(number) if number is not None else None
+
+
+def _seconds(value: Any) -> int | None:
+    """A duration in seconds, 0..MAX_DURATION_S; None outside it."""
+    seconds = _lenient_int(value)
+    return seconds if seconds is not None and 0 <= seconds <= MAX_DURATION_S else None
 
 
 def _lenient_decimal(value: Any) -> Decimal | None:
-    value = _blank_to_none(value)
-    if value is None:
-        return None
-    try:
-        return Decimal(str(value).strip())
-    except InvalidOperation:
-        return None
+    """A price, 0..MAX_PRICE; None outside it."""
+    number = _plain_decimal(value)
+    return number if number is not None and 0 <= number <= MAX_PRICE else None
 
 
 def _exotel_time(value: Any) -> datetime | None:
@@ -62,25 +104,26 @@ def _exotel_time(value: Any) -> datetime | None:
         return None
     if isinstance(value, datetime):
         parsed = value
-    else:
+    elif isinstance(value, str) and len(value) <= _MAX_TIME_TEXT:
         try:
-            parsed = datetime.fromisoformat(str(value).strip())
+            parsed = datetime.fromisoformat(value.strip())
         except ValueError:
             return None
+    else:
+        return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=EXOTEL_TIMEZONE)
+    # Aware datetimes compare without converting, so year 1 or 9999 cannot overflow here.
+    if not EARLIEST_TIME <= parsed <= datetime.now(UTC) + LATEST_TIME_AHEAD:
+        return None
     return parsed
-
-
-def _not_the_empty_marker(value: datetime | None) -> datetime | None:
-    return None if value == EMPTY_TIME else value
 
 
 def _answered_by(value: Any) -> Any:
     """`HUMAN`, `Human`, `human` -> "human"; `NotSure`, `not_sure` -> "not-sure"; `NA` -> None.
 
     A word Exotel may add later is kept, lowercased, rather than lost."""
-    value = _blank_to_none(value)
+    value = _storable_text(value)
     if not isinstance(value, str):
         return value
     word = value.strip().lower()
@@ -89,18 +132,27 @@ def _answered_by(value: Any) -> Any:
     return ANSWERED_BY.get(word.replace("-", "").replace("_", "").replace(" ", ""), word)
 
 
-def _lower_or_none(value: Any) -> Any:
+def _status_word(value: Any) -> str | None:
+    """One of Exotel's status words, lowercased; any other word is None."""
     value = _blank_to_none(value)
+    if not isinstance(value, str):
+        return None
+    word = value.strip().lower()
+    return word if word in CALL_STATUSES else None
+
+
+def _lower_or_none(value: Any) -> Any:
+    value = _storable_text(value)
     return value.strip().lower() if isinstance(value, str) else value
 
 
-OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none)]
-OptionalStatus = Annotated[str | None, BeforeValidator(_lower_or_none)]
+OptionalText = Annotated[str | None, BeforeValidator(_storable_text)]
+OptionalWord = Annotated[str | None, BeforeValidator(_lower_or_none)]
+OptionalStatus = Annotated[str | None, BeforeValidator(_status_word)]
 OptionalInt = Annotated[int | None, BeforeValidator(_lenient_int)]
+OptionalSeconds = Annotated[int | None, BeforeValidator(_seconds)]
 OptionalDecimal = Annotated[Decimal | None, BeforeValidator(_lenient_decimal)]
-ExotelTime = Annotated[
-    datetime | None, BeforeValidator(_exotel_time), AfterValidator(_not_the_empty_marker)
-]
+ExotelTime = Annotated[datetime | None, BeforeValidator(_exotel_time)]
 AnsweredBy = Annotated[str | None, BeforeValidator(_answered_by)]
 
 
@@ -113,7 +165,7 @@ class LegUpdate(_ExotelModel):
 
     leg: int
     status: OptionalStatus = None
-    on_call_duration: OptionalInt = None
+    on_call_duration: OptionalSeconds = None
     answered_by: AnsweredBy = None
 
 
@@ -129,8 +181,8 @@ class CallUpdate(_ExotelModel):
     date_updated: ExotelTime = None
     start_time: ExotelTime = None
     end_time: ExotelTime = None
-    duration: OptionalInt = None
-    conversation_duration: OptionalInt = None
+    duration: OptionalSeconds = None
+    conversation_duration: OptionalSeconds = None
     price: OptionalDecimal = None
     recording_url: OptionalText = None
     # The call's: the first leg's answer that is not `NA` (in practice the To leg's).
@@ -147,7 +199,7 @@ class ExotelDetailLeg(_ExotelModel):
     """One of `Details.Legs`: `{"Leg": {"Id": 1, "OnCallDuration": 21}}`, ids from 1."""
 
     id: int = Field(alias="Id", ge=1, le=MAX_DETAIL_LEGS)
-    on_call_duration: OptionalInt = Field(None, alias="OnCallDuration")
+    on_call_duration: OptionalSeconds = Field(None, alias="OnCallDuration")
 
 
 def _detail_legs(value: Any) -> Any:
@@ -165,7 +217,7 @@ def _detail_legs(value: Any) -> Any:
 class ExotelCallDetails(_ExotelModel):
     """`Details` of a call-details answer (`?details=true`)."""
 
-    conversation_duration: OptionalInt = Field(None, alias="ConversationDuration")
+    conversation_duration: OptionalSeconds = Field(None, alias="ConversationDuration")
     leg1_status: OptionalStatus = Field(None, alias="Leg1Status")
     leg2_status: OptionalStatus = Field(None, alias="Leg2Status")
     legs: Annotated[tuple[ExotelDetailLeg, ...], BeforeValidator(_detail_legs)] = Field(
@@ -197,7 +249,7 @@ class ExotelCall(_ExotelModel):
     status: OptionalStatus = Field(None, alias="Status")
     start_time: ExotelTime = Field(None, alias="StartTime")
     end_time: ExotelTime = Field(None, alias="EndTime")
-    duration: OptionalInt = Field(None, alias="Duration")
+    duration: OptionalSeconds = Field(None, alias="Duration")
     price: OptionalDecimal = Field(None, alias="Price")
     direction: OptionalText = Field(None, alias="Direction")
     answered_by: AnsweredBy = Field(None, alias="AnsweredBy")
@@ -264,7 +316,7 @@ class ExotelErrorEnvelope(_ExotelModel):
 
 
 def _sid(value: Any) -> Any:
-    value = _blank_to_none(value)
+    value = _storable_text(value)
     return value.strip() if isinstance(value, str) else value
 
 
@@ -272,8 +324,9 @@ class ExotelCallback(_ExotelModel):
     """A status callback, parsed from multipart, urlencoded or JSON (see callbacks.py).
 
     Fields carry Exotel's names as aliases. `event_type` and `status` are kept as sent
-    (lowercased): Exotel adds event types over time, and an unknown word must not make
-    us refuse, and so lose, the callback.
+    (lowercased), for the stored event: Exotel adds event types over time, and an
+    unknown word must not make us refuse, and so lose, the callback. `to_update()`
+    passes on only Exotel's status words (CALL_STATUSES); another is "not said".
     """
 
     model_config = ConfigDict(coerce_numbers_to_str=True)
@@ -281,13 +334,13 @@ class ExotelCallback(_ExotelModel):
     call_sid: Annotated[str, BeforeValidator(_sid)] = Field(
         alias="CallSid", min_length=1, max_length=64
     )
-    event_type: OptionalStatus = Field(None, alias="EventType")
-    status: OptionalStatus = Field(None, alias="Status")
+    event_type: OptionalWord = Field(None, alias="EventType")
+    status: OptionalWord = Field(None, alias="Status")
     date_created: ExotelTime = Field(None, alias="DateCreated")
     date_updated: ExotelTime = Field(None, alias="DateUpdated")
     start_time: ExotelTime = Field(None, alias="StartTime")
     end_time: ExotelTime = Field(None, alias="EndTime")
-    conversation_duration: OptionalInt = Field(None, alias="ConversationDuration")
+    conversation_duration: OptionalSeconds = Field(None, alias="ConversationDuration")
     recording_url: OptionalText = Field(None, alias="RecordingUrl")
     custom_field: OptionalText = Field(None, alias="CustomField")
     from_: OptionalText = Field(None, alias="From")

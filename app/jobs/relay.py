@@ -11,7 +11,9 @@ attempt), `webhook-timestamp` and `webhook-signature` headers.
 Replicas share the outbox: rows are claimed with FOR UPDATE SKIP LOCKED, and a claim
 moves `next_attempt_at` past the attempt's time limit (a lease) and counts the attempt,
 which fences the outcome: only the claimer records it. A process that dies mid-attempt
-leaves the row to be tried again when the lease ends, so delivery is at least once.
+leaves the row to be tried again when the lease ends, seconds later: delivery is at
+least once, and a receiver may see a `webhook-id` twice (Standard Webhooks receivers
+deduplicate by it).
 
 After failed attempt n (non-2xx, timeout, no connection), the next waits a random time
 between half and all of NOTIFY_FIRST_RETRY_S * 2**(n-1), capped at an hour; the first
@@ -39,13 +41,19 @@ from app.calls.models import Notification
 from app.calls.service import CallService
 from app.config import Settings
 from app.metrics import RELAY_FAILURES
+from app.notify_targets import RefusedAddress
 
 log = structlog.get_logger(__name__)
 
 BATCH = 50
 MAX_BACKOFF_S = 3600.0
-# Time to record an attempt's outcome after its POST has timed out.
-LEASE_MARGIN = timedelta(seconds=30)
+# An attempt's POST ends within NOTIFY_TIMEOUT_S (asyncio.timeout bounds it whole); this
+# is the time to record its outcome after that. Longer only delays the retry of an
+# attempt whose process died.
+LEASE_MARGIN = timedelta(seconds=5)
+# What is read of a receiver's answer at most, so that a huge one costs nothing; a
+# short answer read whole lets its connection be used again.
+ANSWER_BYTES = 4096
 # After an error of our own (the database is away, say), before polling again.
 ERROR_PAUSE_S = 5.0
 
@@ -154,13 +162,31 @@ class Relay:
         try:
             # httpx's timeout bounds each read or write; this bounds the whole attempt.
             async with asyncio.timeout(self._timeout_s):
-                response = await self._http.post(item.url, content=item.body, headers=headers)
-        except TimeoutError:
+                return await self._send(item.url, item.body, headers)
+        except (TimeoutError, httpx.TimeoutException):
             return "Timed out"
-        except Exception as exc:
-            # Whatever failed, the attempt counts, so even a URL that can never work ends
-            # dead. Only the type is kept: the text may quote the URL and its secrets.
-            return type(exc).__name__
+        except RefusedAddress:
+            return "refused: private address"
+        # Whatever failed, the attempt counts, so even a URL that can never work ends dead.
+        # Only a category is kept: the text may quote the URL and its secrets, and finer
+        # detail would make `notify.last_error` a port scanner.
+        except httpx.ConnectError:
+            return "connect error"
+        except httpx.TransportError:
+            return "connection lost"
+        except Exception:
+            return "error"
+
+    async def _send(self, url: str, body: str, headers: dict[str, str]) -> str | None:
+        """POST, and read at most ANSWER_BYTES of the answer: its status is all we need."""
+        async with self._http.stream("POST", url, content=body, headers=headers) as response:
+            # Raw bytes, undecoded: a small gzip answer must not inflate either. Leaving
+            # the block early closes the connection instead of draining the rest.
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= ANSWER_BYTES:
+                    break
         return None if response.is_success else f"HTTP {response.status_code}"
 
     async def _record(self, item: _Claimed, error: str | None) -> None:

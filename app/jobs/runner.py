@@ -17,6 +17,7 @@ from app.exotel.client import ExotelClient
 from app.jobs.details import DetailsJob
 from app.jobs.reconciler import Reconciler
 from app.jobs.relay import Relay
+from app.notify_targets import PublicOnlyTransport
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +47,10 @@ async def running_jobs(
 ) -> AsyncIterator[None]:
     """Run the reconciler, the details job and the relay while the context is open."""
     async with httpx.AsyncClient(
-        timeout=settings.notify_timeout_s, headers={"User-Agent": "callbridge"}
+        timeout=settings.notify_timeout_s,
+        headers={"User-Agent": "callbridge"},
+        # Connects to public addresses only, checked after each DNS lookup (notify_targets).
+        transport=PublicOnlyTransport(settings.notify_allowed_hosts),
     ) as http:
         reconciler = Reconciler(sessions, exotel, settings)
         details = DetailsJob(sessions, exotel, settings)

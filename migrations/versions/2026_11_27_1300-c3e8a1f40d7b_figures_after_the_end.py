@@ -1,7 +1,7 @@
 """figures after the end: calls.details_next_at/details_looks, notifications.event_type
 
 Revision ID: c3e8a1f40d7b
-Revises: 5d1c0a7e9b21
+Revises: 66f5aa575645
 Create Date: 2026-11-27 13:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "c3e8a1f40d7b"
-down_revision: str | None = "5d1c0a7e9b21"
+down_revision: str | None = "66f5aa575645"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

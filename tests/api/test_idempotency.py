@@ -68,7 +68,8 @@ async def test_keys_are_scoped_per_api_client(database_url: str, exotel: respx.M
         side_effect=lambda request: httpx.Response(200, json=connect_answer(next(sids)))
     )
     settings = make_settings(
-        database_url, api_keys="orders:orders-secret:write,billing:billing-secret:write"
+        database_url,
+        api_keys="orders:orders-secret-0123456789abcdef0123456:write,billing:billing-secret-0123456789abcdef012345:write",
     )
     app: FastAPI = create_app(settings)
     async with (
@@ -79,10 +80,14 @@ async def test_keys_are_scoped_per_api_client(database_url: str, exotel: respx.M
     ):
         headers = {"Idempotency-Key": "shared-key"}
         orders = await http.post(
-            "/calls", json=BODY, headers={**headers, "Authorization": "Bearer orders-secret"}
+            "/calls",
+            json=BODY,
+            headers={**headers, "Authorization": "Bearer orders-secret-0123456789abcdef0123456"},
         )
         billing = await http.post(
-            "/calls", json=BODY, headers={**headers, "Authorization": "Bearer billing-secret"}
+            "/calls",
+            json=BODY,
+            headers={**headers, "Authorization": "Bearer billing-secret-0123456789abcdef012345"},
         )
     assert orders.status_code == billing.status_code == 201
     assert orders.json()["sid"] != billing.json()["sid"]

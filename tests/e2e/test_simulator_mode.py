@@ -22,6 +22,7 @@ def simulator_mode(database_url: str, port: int, data_dir: Path) -> Settings:
         exotel_api_key=None,
         exotel_api_token=None,
         exotel_base_url=None,
+        callbridge_simulator=True,
         public_base_url=f"http://127.0.0.1:{port}",
         callbridge_data_dir=data_dir,
     )

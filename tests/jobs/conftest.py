@@ -25,7 +25,7 @@ from app.exotel.simulator import Simulator, SimulatorConfig
 from app.main import create_app
 from tests.conftest import WRITER_KEY, make_settings
 
-NOTIFY_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+NOTIFY_SECRET = "whsec_cmVsYXktdGVzdHMtc2lnbmluZy1rZXktMzItYnl0ZXM="
 # Intervals small enough that the jobs act within a test's patience.
 FAST_JOBS: dict[str, object] = {
     "run_jobs": True,
@@ -33,6 +33,8 @@ FAST_JOBS: dict[str, object] = {
     "notify_poll_interval_s": 0.05,
     "notify_first_retry_s": 0.1,
     "notify_secret": NOTIFY_SECRET,
+    # Receivers listen on loopback, which notify URLs may not reach unless allowed.
+    "notify_allowed_hosts": "127.0.0.1",
 }
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import respx
-from aiolimiter import AsyncLimiter
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
@@ -24,6 +23,7 @@ from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE, callbacks_applied
 from tests.exotel_callbacks import callback, form_of
 from tests.exotel_samples import connect_answer
 from tests.jobs.conftest import NOTIFY_SECRET, AppFactory, Receiver, RunningApp, eventually
+from tests.limiters import Unlimited
 
 FROM, TO = "+919876543210", "+919123456789"
 ENDED = datetime(2026, 11, 27, 10, 0, 41, tzinfo=UTC)
@@ -196,7 +196,7 @@ async def test_replicas_share_due_calls_in_requests_of_at_most_100_sids(
     async with build_http_client(
         EXOTEL_BASE, api_key="exotel-key", api_token="exotel-token", timeout_s=1
     ) as http:
-        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=AsyncLimiter(100, 1))
+        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=Unlimited())
         jobs = [
             DetailsJob(running.app.state.sessions, exotel_client, running.app.state.settings)
             for _ in range(2)
@@ -225,7 +225,7 @@ async def test_figures_that_never_come_are_given_up_and_the_call_says_so(
     async with build_http_client(
         EXOTEL_BASE, api_key="exotel-key", api_token="exotel-token", timeout_s=1
     ) as http:
-        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=AsyncLimiter(100, 1))
+        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=Unlimited())
         await DetailsJob(
             running.app.state.sessions, exotel_client, running.app.state.settings
         ).run_once()
@@ -256,7 +256,7 @@ async def test_exotel_failing_leaves_the_calls_waiting_for_their_next_look(
     async with build_http_client(
         EXOTEL_BASE, api_key="exotel-key", api_token="exotel-token", timeout_s=1
     ) as http:
-        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=AsyncLimiter(100, 1))
+        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=Unlimited())
         await DetailsJob(
             running.app.state.sessions, exotel_client, running.app.state.settings
         ).run_once()

@@ -53,13 +53,20 @@ def logs(app: FastAPI) -> Iterator[CapturedLogs]:
 
 
 class PostgresProxy:
-    """Forwards 127.0.0.1:<port> to Postgres; `stop()` is an outage, `start()` the recovery."""
+    """Forwards 127.0.0.1:<port> to Postgres; `stop()` is an outage, `start()` the recovery,
+    `freeze()` a database that keeps every connection open and never answers again."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self._upstream = (upstream_host, upstream_port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._thawed = asyncio.Event()
+        self._thawed.set()
         self.port = 0
+
+    def freeze(self) -> None:
+        """From now on nothing is forwarded either way; new connections are accepted and held."""
+        self._thawed.clear()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -70,11 +77,15 @@ class PostgresProxy:
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._thawed.set()
         for writer in list(self._writers):
             writer.close()
         self._writers.clear()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if not self._thawed.is_set():
+            self._writers.add(client_w)
+            return
         try:
             upstream_r, upstream_w = await asyncio.open_connection(*self._upstream)
         except OSError:
@@ -86,6 +97,7 @@ class PostgresProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                await self._thawed.wait()
                 writer.write(data)
                 await writer.drain()
         writer.close()

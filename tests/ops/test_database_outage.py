@@ -15,9 +15,11 @@ import respx
 from fastapi import FastAPI
 from sqlalchemy import make_url
 
-from app.db import DatabaseUnreachable
+from app.db import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, LOCK_TIMEOUT_S, DatabaseUnreachable
+from app.jobs.worker import probe_app
 from app.main import create_app
-from tests.conftest import READER_KEY, make_settings
+from app.ops.service import READY_TIMEOUT_S, OpsService
+from tests.conftest import READER_KEY, WRITER_KEY, make_settings
 from tests.exotel_samples import connect_answer
 from tests.ops.conftest import PostgresProxy
 
@@ -25,12 +27,16 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
-async def proxied_client(
-    database_url: str, postgres_proxy: PostgresProxy
-) -> AsyncIterator[httpx.AsyncClient]:
+async def proxied_app(database_url: str, postgres_proxy: PostgresProxy) -> AsyncIterator[FastAPI]:
     app = create_app(make_settings(postgres_proxy.url(database_url)))
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def proxied_client(proxied_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    app = proxied_app
     async with (
-        app.router.lifespan_context(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://callbridge.test",
@@ -50,7 +56,7 @@ async def test_liveness_and_readiness(client: httpx.AsyncClient) -> None:
 
 
 async def test_during_an_outage_requests_answer_503_fast_and_liveness_holds(
-    proxied_client: httpx.AsyncClient, postgres_proxy: PostgresProxy
+    proxied_app: FastAPI, proxied_client: httpx.AsyncClient, postgres_proxy: PostgresProxy
 ) -> None:
     assert (await proxied_client.get("/calls")).status_code == 200
     await postgres_proxy.stop()
@@ -64,7 +70,13 @@ async def test_during_an_outage_requests_answer_503_fast_and_liveness_holds(
         assert response.headers["retry-after"] == "5"
         assert response.json()["type"].endswith("/database-unavailable")
     assert (await proxied_client.get("/healthz")).status_code == 200
-    metrics = (await proxied_client.get("/metrics")).text
+    assert (await proxied_client.get("/metrics")).status_code == 200
+    # A process running the jobs (the worker's probe server) says its gauges are unknown.
+    probes = probe_app(OpsService(proxied_app.state.sessions, exports_fleet_gauges=True))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=probes), base_url="http://worker.test"
+    ) as worker:
+        metrics = (await worker.get("/metrics")).text
     assert "callbridge_relay_queue_depth NaN" in metrics
 
 
@@ -149,4 +161,34 @@ async def test_a_row_locked_elsewhere_answers_503_after_the_lock_timeout(
 
     assert response.status_code == 503
     assert response.headers["content-type"] == PROBLEM
-    assert 4 < waited < 10
+    assert LOCK_TIMEOUT_S <= waited < LOCK_TIMEOUT_S + 3
+
+
+async def test_a_database_that_never_answers_gets_503_within_seconds(
+    proxied_client: httpx.AsyncClient, postgres_proxy: PostgresProxy, exotel: respx.MockRouter
+) -> None:
+    # A pooled connection exists, then the database goes silent: TCP stays up, nothing
+    # answers, so no server-side timeout can fire.
+    assert (await proxied_client.get("/calls")).status_code == 200
+    postgres_proxy.freeze()
+    # The worst case: a ping on a pooled connection, then one new connection attempt.
+    bound_s = ANSWER_TIMEOUT_S + CONNECT_TIMEOUT_S + 1
+    writer = {"Authorization": f"Bearer {WRITER_KEY}"}
+    requests = [
+        ("GET", "/readyz", {}, None, READY_TIMEOUT_S + 1),
+        ("GET", "/calls", {}, None, bound_s),
+        ("GET", "/calls/some-sid", {}, None, bound_s),
+        ("POST", "/calls", writer, {"from": "+919876543210", "to": "09123456789"}, bound_s),
+    ]
+
+    for method, path, headers, body, within_s in requests:
+        started = time.monotonic()
+        async with asyncio.timeout(60):  # the old code hung here for minutes
+            response = await proxied_client.request(method, path, headers=headers, json=body)
+        assert time.monotonic() - started < within_s, path
+        assert response.status_code == 503, path
+        assert response.json()["type"].endswith("/database-unavailable")
+        started = time.monotonic()
+        assert (await proxied_client.get("/healthz")).status_code == 200
+        assert time.monotonic() - started < 0.5
+    assert not exotel.calls

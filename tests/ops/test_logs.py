@@ -9,7 +9,7 @@ import httpx
 import respx
 from fastapi import FastAPI
 
-from tests.conftest import READER_KEY, WRITER_KEY
+from tests.conftest import CALLBACK_SECRET, READER_KEY, WRITER_KEY
 from tests.exotel_samples import connect_answer
 from tests.ops.conftest import CapturedLogs
 
@@ -131,7 +131,7 @@ async def test_a_full_run_logs_no_number_key_or_token(
         WRITER_KEY,
         READER_KEY,
         "exotel-token",
-        "callback-secret-for-tests",
+        CALLBACK_SECRET,
         token,
         forged_token,
         token.split(".")[1],

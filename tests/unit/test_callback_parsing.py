@@ -117,10 +117,7 @@ async def test_json_nulls_and_empty_strings_are_no_value() -> None:
     callback = await parse_callback(body, "application/json; charset=utf-8")
     assert (callback.recording_url, callback.custom_field, callback.end_time) == (None,) * 3
     assert callback.conversation_duration is None
-    assert callback.legs == (
-        LegUpdate(leg=0, status="completed", on_call_duration=41),
-        LegUpdate(leg=2, status=None),
-    )
+    assert callback.legs == (LegUpdate(leg=0, status="completed", on_call_duration=41),)
 
 
 async def test_unknown_statuses_and_event_types_are_kept() -> None:
@@ -155,30 +152,27 @@ async def test_unreadable_bodies(body: bytes, content_type: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "field"),
+    "fields",
     [
-        ({"Status": "completed"}, "CallSid"),
-        ({"CallSid": "", "Status": "completed"}, "CallSid"),
-        ({"CallSid": None}, "CallSid"),
-        ({"CallSid": "x" * 65}, "CallSid"),
-        ({"CallSid": SID, "Legs": {"0": {}}}, "Legs"),
-        ({"CallSid": SID, "Legs": ["completed"]}, "Legs[0]"),
-        ({"CallSid": SID, "Legs": [{}] * 11}, "Legs"),
-        ({"CallSid": SID, "Status": {"nested": True}}, "Status"),
+        {"Status": "completed"},
+        {"CallSid": "", "Status": "completed"},
+        {"CallSid": None},
+        {"CallSid": "x" * 65},
+        {"CallSid": {"nested": True}},
+        {"CallSid": "abc\x00"},
     ],
 )
-async def test_invalid_json_callbacks_name_the_field(fields: dict[str, object], field: str) -> None:
+async def test_a_callback_without_a_usable_sid_is_invalid(fields: dict[str, object]) -> None:
     with pytest.raises(InvalidCallback) as caught:
         await parse_callback(json.dumps(fields).encode(), "application/json")
-    assert [error["field"] for error in caught.value.errors] == [field]
+    assert [error["field"] for error in caught.value.errors] == ["CallSid"]
 
 
 @pytest.mark.parametrize("encode", [multipart, urlencoded])
-async def test_invalid_form_callbacks(encode: Encoder) -> None:
-    for fields in ([("Status", "completed")], [("CallSid", SID), ("Legs[10][Status]", "busy")]):
-        body, content_type = encode(fields)
-        with pytest.raises(InvalidCallback):
-            await parse_callback(body, content_type)
+async def test_a_form_callback_without_sid_is_invalid(encode: Encoder) -> None:
+    body, content_type = encode([("Status", "completed")])
+    with pytest.raises(InvalidCallback):
+        await parse_callback(body, content_type)
 
 
 @pytest.mark.parametrize("content_type", [None, "", "text/plain", "application/xml"])
