@@ -174,7 +174,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The applier's own connection: it never queues behind requests for one of theirs.
         applier_engine = create_engine(database_url, pool_size=1)
         stack.push_async_callback(applier_engine.dispose)
-        await stack.enter_async_context(running_applier(applier_engine))
+        await stack.enter_async_context(
+            running_applier(applier_engine, details_after=settings.details_after)
+        )
         app.state.calls = CallService(
             engine,
             exotel,
@@ -183,6 +185,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             default_caller_id=settings.exotel_caller_id,
             default_country=settings.default_country,
             reconcile_after=timedelta(seconds=settings.reconcile_after_s),
+            details_after=settings.details_after,
         )
         if settings.run_jobs:
             await stack.enter_async_context(running_jobs(settings, sessions, exotel))

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import structlog
@@ -53,8 +53,9 @@ WAITING = events.c.processed_at.is_(None)
 
 
 class CallbackApplier:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, details_after: timedelta) -> None:
         self._engine = engine
+        self._details_after = details_after
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
@@ -163,6 +164,7 @@ class CallbackApplier:
                 (call, _applied(statuses_before[call.id], call, call.id in changed_calls))
                 for call in calls.values()
             ],
+            details_after=self._details_after,
         )
         await conn.execute(
             events.update()
@@ -205,9 +207,11 @@ async def _set_when(condition: asyncio.Event, wake: asyncio.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_applier(engine: AsyncEngine) -> AsyncIterator[CallbackApplier]:
+async def running_applier(
+    engine: AsyncEngine, *, details_after: timedelta
+) -> AsyncIterator[CallbackApplier]:
     """Run the applier while the context is open; on exit, finish the batch in hand."""
-    applier = CallbackApplier(engine)
+    applier = CallbackApplier(engine, details_after=details_after)
     stopping = asyncio.Event()
     task = asyncio.create_task(applier.run(stopping), name="callback-applier")
     try:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from app.auth import Reader
@@ -16,6 +16,7 @@ from app.calls.openapi import (
     PLACE_EXAMPLES,
     PLACE_RESPONSES,
     READ_RESPONSES,
+    RECORDING_RESPONSES,
 )
 from app.calls.schemas import (
     NO_NUL,
@@ -116,6 +117,28 @@ async def list_calls(
 )
 async def get_call(ref: CallRef, request: Request, _: Reader) -> Response:
     return _json(CallOut.from_state(await _service(request).get(ref)))
+
+
+@router.get(
+    "/{ref}/recording",
+    summary="The call's recording, streamed from Exotel; `Range` lets a player seek",
+    response_class=StreamingResponse,
+    responses=RECORDING_RESPONSES,
+)
+async def get_recording(
+    ref: CallRef,
+    request: Request,
+    _: Reader,
+    range_: Annotated[
+        str | None,
+        Header(
+            alias="Range",
+            max_length=256,
+            description="A byte range, e.g. `bytes=1000-`, as an <audio> element sends",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    return await _service(request).recording(ref, range_)
 
 
 @router.get(

@@ -25,9 +25,11 @@ from sqlalchemy import Select, and_, literal, select, tuple_, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.responses import StreamingResponse
 
 from app.calls import store
 from app.calls.apply import apply_update, is_terminal
+from app.calls.recording import stream_recording
 from app.calls.schemas import CallCreate, CallOut
 from app.calls.state import APPLIED_COLUMNS, CallState, LegState
 from app.calls.store import call_events, call_legs, calls
@@ -142,6 +144,7 @@ class CallService:
         default_caller_id: str | None,
         default_country: str,
         reconcile_after: timedelta,
+        details_after: timedelta,
     ) -> None:
         self._engine = engine
         # Single statements need no BEGIN/COMMIT of their own.
@@ -152,6 +155,7 @@ class CallService:
         self._default_caller_id = default_caller_id
         self._default_country = default_country
         self._reconcile_after = reconcile_after
+        self._details_after = details_after
 
     # -- placing -------------------------------------------------------------------
 
@@ -341,7 +345,7 @@ class CallService:
         async with self._engine.begin() as conn:
             [call] = (await store.lock(conn, [pending.id])).values()
             applied = apply_update(call, update)
-            await store.save_applied(conn, [(call, applied)])
+            await store.save_applied(conn, [(call, applied)], details_after=self._details_after)
             answer = Answer(201, self.resource(call), {"Location": call_location(call)})
             values: dict[str, Any] = {
                 "response_status": answer.status,
@@ -462,6 +466,11 @@ class CallService:
         if call is None:
             raise Problem(404, "call-not-found", f"No call has the sid or id {ref!r}")
         return call
+
+    async def recording(self, ref: str, range_header: str | None) -> StreamingResponse:
+        """The call's recording, streamed from Exotel (app/calls/recording.py)."""
+        call = await self.get(ref)
+        return await stream_recording(self._exotel, call.recording_url, range_header)
 
     async def events(self, ref: str) -> list[Row[Any]]:
         """What Exotel said about the call, in the order it was received."""

@@ -1,10 +1,12 @@
-"""The relay: tells each finished call's notify_url, signed the Standard Webhooks way.
+"""The relay: tells a call's notify_url what happened, signed the Standard Webhooks way.
 
-`store.save_applied` writes one `notifications` row (the outbox) in the transaction that
-finishes a call with a notify_url. The relay polls for due rows every
-NOTIFY_POLL_INTERVAL_S and POSTs `{"type": "call.finished", "timestamp", "data"}`,
-`data` being the call resource as it is at delivery, with the `webhook-id` (the row's
-id, the same on every attempt), `webhook-timestamp` and `webhook-signature` headers.
+`store.save_applied` writes a `call.finished` row in `notifications` (the outbox) in
+the transaction that finishes a call with a notify_url; the details job
+(app/jobs/details.py) writes a `call.updated` row when the figures Exotel fills in
+after the end arrive. The relay polls for due rows every NOTIFY_POLL_INTERVAL_S and
+POSTs `{"type": <the row's event type>, "timestamp", "data"}`, `data` being the call
+resource as it is at delivery, with the `webhook-id` (the row's id, the same on every
+attempt), `webhook-timestamp` and `webhook-signature` headers.
 
 Replicas share the outbox: rows are claimed with FOR UPDATE SKIP LOCKED, and a claim
 moves `next_attempt_at` past the attempt's time limit (a lease) and counts the attempt,
@@ -15,7 +17,7 @@ deduplicate by it).
 
 After failed attempt n (non-2xx, timeout, no connection), the next waits a random time
 between half and all of NOTIFY_FIRST_RETRY_S * 2**(n-1), capped at an hour; the first
-failure NOTIFY_GIVE_UP_S or more after the call finished marks the notification `dead`.
+failure NOTIFY_GIVE_UP_S or more after the notification was queued marks it `dead`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from app.notify_targets import RefusedAddress
 
 log = structlog.get_logger(__name__)
 
-EVENT_TYPE = "call.finished"
 BATCH = 50
 MAX_BACKOFF_S = 3600.0
 # An attempt's POST ends within NOTIFY_TIMEOUT_S (asyncio.timeout bounds it whole); this
@@ -64,9 +65,10 @@ _jitter = random.Random()  # noqa: S311
 class _Claimed:
     id: str
     call_id: uuid.UUID
+    event_type: str
     url: str
     attempt: int
-    finished_at: datetime
+    queued_at: datetime
     body: str
 
 
@@ -131,10 +133,11 @@ class Relay:
             _Claimed(
                 id=row.id,
                 call_id=row.call_id,
+                event_type=row.event_type,
                 url=row.url,
                 attempt=row.attempts,
-                finished_at=row.created_at,
-                body=_body(row.created_at, resources[row.call_id]),
+                queued_at=row.created_at,
+                body=_body(row.event_type, row.created_at, resources[row.call_id]),
             )
             for row in rows
         ]
@@ -188,11 +191,16 @@ class Relay:
 
     async def _record(self, item: _Claimed, error: str | None) -> None:
         now = datetime.now(UTC)
-        context = {"call_id": str(item.call_id), "webhook_id": item.id, "attempt": item.attempt}
+        context = {
+            "call_id": str(item.call_id),
+            "event_type": item.event_type,
+            "webhook_id": item.id,
+            "attempt": item.attempt,
+        }
         if error is None:
             outcome = "delivered"
             values: dict[str, object] = {"status": "delivered", "delivered_at": now}
-        elif now - item.finished_at >= self._give_up:
+        elif now - item.queued_at >= self._give_up:
             outcome = "dead"
             values = {"status": "dead", "last_error": error}
         else:
@@ -241,6 +249,6 @@ def _still_ours(item: _Claimed) -> tuple[ColumnElement[bool], ...]:
     )
 
 
-def _body(finished_at: datetime, resource: dict[str, object]) -> str:
-    timestamp = finished_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return json.dumps({"type": EVENT_TYPE, "timestamp": timestamp, "data": resource})
+def _body(event_type: str, queued_at: datetime, resource: dict[str, object]) -> str:
+    timestamp = queued_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps({"type": event_type, "timestamp": timestamp, "data": resource})
