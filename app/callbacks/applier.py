@@ -148,11 +148,21 @@ class CallbackApplier:
         statuses_before = {call_id: call.status for call_id, call in calls.items()}
         changed_calls: set[uuid.UUID] = set()
         changed_events: list[int] = []
+        conflicting = 0
         for row in rows:
             call = calls[row.call_id]
-            if await _apply_event(call, row.raw_body, row.content_type):
+            applied = await _apply_event(call, row.raw_body, row.content_type)
+            if applied is not None and applied.changed:
                 changed_calls.add(call.id)
                 changed_events.append(row.id)
+            elif applied is not None and applied.conflicting:
+                conflicting += 1
+                log.warning(
+                    "callback_conflicting_status",
+                    call_id=str(call.id),
+                    event_id=row.id,
+                    status=call.status,
+                )
         await store.save_applied(
             conn,
             [
@@ -170,29 +180,32 @@ class CallbackApplier:
                 applied=store.ids_in(events.c.id, changed_events),
             )
         )
-        _observe(rows, len(changed_events))
+        _observe(rows, len(changed_events), conflicting)
         return len(rows)
 
 
-async def _apply_event(call: CallState, raw_body: bytes, content_type: str | None) -> bool:
-    """Apply one stored callback to its call; True if it changed it."""
+async def _apply_event(
+    call: CallState, raw_body: bytes, content_type: str | None
+) -> Applied | None:
+    """Apply one stored callback to its call; None if it cannot be read."""
     try:
         callback = await parse_callback(raw_body, content_type)
     except CallbackError:
-        return False  # the parser changed since it was stored, and now refuses it
-    return apply_update(call, callback.to_update()).changed
+        return None  # the parser changed since it was stored, and now refuses it
+    return apply_update(call, callback.to_update())
 
 
 def _applied(status_before: str, call: CallState, changed: bool) -> Applied:
     return Applied(changed=changed, previous_status=status_before, status=call.status)
 
 
-def _observe(rows: Sequence[object], changed: int) -> None:
+def _observe(rows: Sequence[object], changed: int, conflicting: int) -> None:
     now = datetime.now(UTC)
     for row in rows:
         CALLBACK_APPLY_LAG.observe((now - row.received_at).total_seconds())  # type: ignore[attr-defined]
     CALLBACKS_APPLIED.labels("applied").inc(changed)
-    CALLBACKS_APPLIED.labels("unchanged").inc(len(rows) - changed)
+    CALLBACKS_APPLIED.labels("conflicting").inc(conflicting)
+    CALLBACKS_APPLIED.labels("unchanged").inc(len(rows) - changed - conflicting)
 
 
 async def _set_when(condition: asyncio.Event, wake: asyncio.Event) -> None:

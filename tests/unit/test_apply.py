@@ -141,22 +141,58 @@ def test_a_terminal_status_wins_over_a_running_one_whatever_the_clocks() -> None
     assert call.status == "completed"
 
 
-def test_among_terminal_updates_the_newest_wins() -> None:
+def test_the_first_terminal_status_stands() -> None:
     call = pending_call()
     apply_update(call, terminal(status="busy"))
+    before = snapshot(call)
 
-    older = apply_update(call, terminal(status="failed", date_updated=ENDED - timedelta(seconds=1)))
-    undated = apply_update(call, terminal(status="failed", date_updated=None))
-    assert not older.changed
-    assert not undated.changed
+    for date_updated in (ENDED - timedelta(seconds=1), None, ENDED + timedelta(minutes=5)):
+        conflicting = apply_update(
+            call,
+            terminal(
+                status="completed",
+                date_updated=date_updated,
+                conversation_duration=99,
+                price="1.5",
+                legs=(LegUpdate(leg=1, status="completed", on_call_duration=99),),
+            ),
+        )
+        assert conflicting.conflicting
+        assert not conflicting.changed
+        assert not conflicting.became_terminal
+        assert snapshot(call) == before
     assert call.status == "busy"
 
-    newer = apply_update(
-        call, terminal(status="no-answer", date_updated=ENDED + timedelta(seconds=1))
+
+def test_the_same_terminal_status_again_is_no_conflict() -> None:
+    call = pending_call()
+    apply_update(call, terminal(recording_url=None))
+    later = apply_update(call, terminal(date_updated=ENDED + timedelta(seconds=5)))
+    assert not later.conflicting
+    assert later.changed
+    assert (call.status, call.recording_url) == ("completed", RECORDING)
+
+
+def test_a_call_never_ends_before_it_starts() -> None:
+    call = pending_call()
+    apply_update(call, connect_answer())
+    early_end = apply_update(call, terminal(end_time=CREATED - timedelta(seconds=1)))
+    assert early_end.became_terminal
+    assert call.end_time is None
+
+    call = pending_call()
+    backwards = apply_update(
+        call, terminal(start_time=ENDED, end_time=ENDED - timedelta(seconds=30))
     )
-    assert newer.changed
-    assert not newer.became_terminal
-    assert (call.status, call.exotel_updated_at) == ("no-answer", ENDED + timedelta(seconds=1))
+    assert backwards.became_terminal
+    assert (call.start_time, call.end_time) == (None, None)
+
+    call = pending_call()
+    apply_update(call, terminal())
+    apply_update(call, connect_answer(start_time=ENDED + timedelta(seconds=1), status=None))
+    assert (call.start_time, call.end_time) == (None, ENDED)
+    apply_update(call, connect_answer(status=None))
+    assert (call.start_time, call.end_time) == (CREATED, ENDED)
 
 
 def test_running_statuses_follow_date_updated() -> None:
