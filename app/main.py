@@ -179,6 +179,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             default_country=settings.default_country,
             reconcile_after=timedelta(seconds=settings.reconcile_after_s),
         )
+        # Runs before the engine is disposed: answers from Exotel still being stored.
+        stack.push_async_callback(app.state.calls.finish_storing)
         if settings.run_jobs:
             await stack.enter_async_context(running_jobs(settings, sessions, exotel))
         log.info("callbridge_started", live=settings.live)
