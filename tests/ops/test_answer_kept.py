@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import psycopg
@@ -51,7 +51,10 @@ def cut_database_then_answer(
     exotel.post("/connect.json").mock(side_effect=connect)
 
 
-async def stored_row(database_url: str, call_id: str) -> tuple[str | None, str, int | None]:
+Row = tuple[str | None, str, int | None]
+
+
+async def stored_row(database_url: str, call_id: str) -> Row:
     async with await psycopg.AsyncConnection.connect(database_url.replace("+psycopg", "")) as conn:
         cursor = await conn.execute(
             "SELECT sid, status, response_status FROM calls WHERE id = %s", (call_id,)
@@ -59,6 +62,16 @@ async def stored_row(database_url: str, call_id: str) -> tuple[str | None, str, 
         row = await cursor.fetchone()
     assert row is not None
     return row[0], row[1], row[2]
+
+
+async def row_once(database_url: str, call_id: str, settled: Callable[[Row], bool]) -> Row:
+    """The call's row once `settled` holds (the background retry stores it)."""
+    async with asyncio.timeout(10):
+        while True:
+            row = await stored_row(database_url, call_id)
+            if settled(row):
+                return row
+            await asyncio.sleep(0.1)
 
 
 async def test_answer_stored_once_the_database_is_back_in_time_is_201(
@@ -104,11 +117,9 @@ async def test_answer_not_stored_in_time_is_504_with_the_id_then_stored_in_the_b
     assert await stored_row(database_url, call_id) == (None, "pending", None)
 
     await postgres_proxy.start()
-    async with asyncio.timeout(10):
-        while (await stored_row(database_url, call_id))[0] is None:
-            await asyncio.sleep(0.1)
+    stored = await row_once(database_url, call_id, lambda row: row[0] is not None)
 
-    assert await stored_row(database_url, call_id) == (SID, "in-progress", 201)
+    assert stored == (SID, "in-progress", 201)
     replay = await writer.post("/calls", json=CALL, headers=KEY)
     assert (replay.status_code, replay.json()["id"], replay.json()["sid"]) == (201, call_id, SID)
     assert len(exotel.calls) == 1
@@ -129,7 +140,5 @@ async def test_a_refusal_not_stored_in_time_is_still_answered_as_a_refusal(
     assert response.json()["type"].endswith("/exotel-refused")
     await postgres_proxy.start()
     call_id = response.json()["id"]
-    async with asyncio.timeout(10):
-        while (await stored_row(database_url, call_id))[1] == "pending":
-            await asyncio.sleep(0.1)
-    assert await stored_row(database_url, call_id) == (None, "failed", 422)
+    stored = await row_once(database_url, call_id, lambda row: row[1] != "pending")
+    assert stored == (None, "failed", 422)
