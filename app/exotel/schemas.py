@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 EXOTEL_TIMEZONE = ZoneInfo("Asia/Kolkata")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
@@ -188,6 +188,17 @@ class LegUpdate(_ExotelModel):
     answered_by: AnsweredBy = None
 
 
+def _one_per_leg(legs: tuple[LegUpdate, ...]) -> tuple[LegUpdate, ...]:
+    """A leg named twice in one message is taken as first said: one message, one story."""
+    seen: set[int] = set()
+    first = []
+    for leg in legs:
+        if leg.leg not in seen:
+            seen.add(leg.leg)
+            first.append(leg)
+    return tuple(first)
+
+
 class CallUpdate(_ExotelModel):
     """What one message from Exotel (connect answer, callback, call details) says of a call.
 
@@ -207,7 +218,7 @@ class CallUpdate(_ExotelModel):
     # The call's: the first leg's answer that is not `NA` (in practice the To leg's).
     answered_by: AnsweredBy = None
     direction: OptionalShortText = None
-    legs: tuple[LegUpdate, ...] = ()
+    legs: Annotated[tuple[LegUpdate, ...], AfterValidator(_one_per_leg)] = ()
 
     @property
     def is_terminal(self) -> bool:

@@ -273,3 +273,16 @@ def test_a_call_exotel_names_keeps_no_error() -> None:
     assert applied.changed
     assert (call.sid, call.status) == (SID, "completed")
     assert CallOut.from_state(call).error is None
+
+
+def test_a_leg_named_twice_in_one_message_is_taken_as_first_said() -> None:
+    update = terminal(
+        legs=(
+            LegUpdate(leg=1, status="completed", answered_by="human"),
+            LegUpdate(leg=1, status="busy", answered_by="machine"),
+        )
+    )
+    assert update.legs == (LegUpdate(leg=1, status="completed", answered_by="human"),)
+    call = pending_call()
+    apply_update(call, update)
+    assert not apply_update(call, update).changed
