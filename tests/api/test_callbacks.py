@@ -15,6 +15,7 @@ import httpx
 import pytest
 import respx
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from app.calls.tokens import CallbackTokens
 from app.middleware import MAX_BODY_BYTES
@@ -290,20 +291,31 @@ async def test_a_callback_for_a_call_whose_answer_was_lost_attaches_its_sid(
 
 
 async def test_a_value_the_database_refuses_keeps_the_event_and_the_call(
-    client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    exotel: respx.MockRouter,
+    exotel_side: httpx.AsyncClient,
 ) -> None:
+    # The parser lets through only values the columns can take (a longer text is "not
+    # said", tests/api/test_hostile_callbacks_applied.py); a constraint stands in for
+    # whatever the database may still refuse.
     _, url = await place_call(client, exotel)
     before = await read_call(client, SID)
-
-    # Longer than the legs' answered_by column.
-    legs = [{"Status": "completed", "AnsweredBy": "h" * 40}]
-    response = await exotel_side.post(url, json=callback(Legs=legs))
-
-    assert response.status_code == 200
-    assert await read_call(client, SID) == before
+    refusing = text(
+        "ALTER TABLE calls ADD CONSTRAINT test_refused CHECK (direction <> 'refused-by-db')"
+    )
+    async with app.state.engine.begin() as conn:
+        await conn.execute(refusing)
+    try:
+        response = await exotel_side.post(url, json=callback(Direction="refused-by-db"))
+        assert response.status_code == 200
+        assert await read_call(client, SID) == before
+    finally:
+        async with app.state.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE calls DROP CONSTRAINT test_refused"))
     [event] = await call_events(client, SID)
     assert event["applied"] is False
-    assert event["payload"]["Legs"] == legs
+    assert event["payload"]["Direction"] == "refused-by-db"
 
 
 # -- Authentication -------------------------------------------------------------------
