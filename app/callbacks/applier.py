@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import psycopg
 import structlog
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.callbacks.service import CALLBACKS_CHANNEL
@@ -100,7 +100,7 @@ class CallbackApplier:
             async with self._engine.begin() as conn:
                 return await self._apply(conn, WAITING)
         except (DataError, IntegrityError) as exc:
-            log.warning("callback_batch_refused", reason=str(exc.orig))
+            log.warning("callback_batch_refused", reason=_refusal(exc))
             return await self._apply_one_at_a_time()
 
     async def _apply_one_at_a_time(self) -> int:
@@ -115,9 +115,7 @@ class CallbackApplier:
                 async with self._engine.begin() as conn:
                     await self._apply(conn, WAITING & (events.c.id == event_id))
             except (DataError, IntegrityError) as exc:
-                # The database's own message only: SQLAlchemy's would show the statement's
-                # parameters, and with them the legs' phone numbers.
-                log.error("callback_not_applied", event_id=event_id, reason=str(exc.orig))
+                log.error("callback_not_applied", event_id=event_id, reason=_refusal(exc))
                 async with self._engine.begin() as conn:
                     await conn.execute(
                         events.update()
@@ -193,6 +191,13 @@ async def _apply_event(
     except CallbackError:
         return None  # the parser changed since it was stored, and now refuses it
     return apply_update(call, callback.to_update())
+
+
+def _refusal(exc: DBAPIError) -> str:
+    """Why the database refused, without what: SQLAlchemy's message shows the statement's
+    parameters, and the database's DETAIL quotes the row, the legs' phone numbers with it."""
+    primary = getattr(getattr(exc.orig, "diag", None), "message_primary", None)
+    return primary if isinstance(primary, str) else type(exc.orig).__name__
 
 
 def _applied(status_before: str, call: CallState, changed: bool) -> Applied:
