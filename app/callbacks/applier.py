@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
@@ -146,21 +147,25 @@ class CallbackApplier:
         statuses_before = {call_id: call.status for call_id, call in calls.items()}
         changed_calls: set[uuid.UUID] = set()
         changed_events: list[int] = []
-        conflicting = 0
+        outcomes: Counter[str] = Counter()
         for row in rows:
             call = calls[row.call_id]
             applied = await _apply_event(call, row.raw_body, row.content_type)
+            outcome = "unchanged"
             if applied is not None and applied.changed:
                 changed_calls.add(call.id)
                 changed_events.append(row.id)
-            elif applied is not None and applied.conflicting:
-                conflicting += 1
+                outcome = "applied"
+            if applied is not None and applied.conflicting:
+                # Counted as such even if it filled a gap (a price, say).
+                outcome = "conflicting"
                 log.warning(
                     "callback_conflicting_status",
                     call_id=str(call.id),
                     event_id=row.id,
                     status=call.status,
                 )
+            outcomes[outcome] += 1
         await store.save_applied(
             conn,
             [
@@ -178,7 +183,7 @@ class CallbackApplier:
                 applied=store.ids_in(events.c.id, changed_events),
             )
         )
-        _observe(rows, len(changed_events), conflicting)
+        _observe(rows, outcomes)
         return len(rows)
 
 
@@ -204,13 +209,12 @@ def _applied(status_before: str, call: CallState, changed: bool) -> Applied:
     return Applied(changed=changed, previous_status=status_before, status=call.status)
 
 
-def _observe(rows: Sequence[object], changed: int, conflicting: int) -> None:
+def _observe(rows: Sequence[object], outcomes: Counter[str]) -> None:
     now = datetime.now(UTC)
     for row in rows:
         CALLBACK_APPLY_LAG.observe((now - row.received_at).total_seconds())  # type: ignore[attr-defined]
-    CALLBACKS_APPLIED.labels("applied").inc(changed)
-    CALLBACKS_APPLIED.labels("conflicting").inc(conflicting)
-    CALLBACKS_APPLIED.labels("unchanged").inc(len(rows) - changed - conflicting)
+    for outcome in ("applied", "conflicting", "unchanged"):
+        CALLBACKS_APPLIED.labels(outcome).inc(outcomes[outcome])
 
 
 async def _set_when(condition: asyncio.Event, wake: asyncio.Event) -> None:

@@ -5,8 +5,9 @@ so the rules hold whatever order Exotel's messages arrive in:
 - a duplicate changes nothing;
 - a terminal status is never replaced by a non-terminal one, and always replaces one;
 - the first terminal status stands: a message with another one (whatever its
-  `DateUpdated`) contradicts what was already relayed as the call's end, so none of it
-  is applied; it is flagged `conflicting`, for the caller to count;
+  `DateUpdated`) contradicts what was already relayed as the call's end; it is taken
+  as stale (it may still fill gaps, such as a price the first did not have) and flagged
+  `conflicting`, for the caller to count;
 - otherwise the newest `DateUpdated` wins: an older ("stale") message only fills gaps,
   and says nothing about statuses, the call's or its legs', which it knew before ours;
 - a call never ends before it starts: times that would make `end_time` earlier than
@@ -74,11 +75,8 @@ class _Writer:
 def apply_update(call: CallState, update: CallUpdate) -> Applied:
     """Merge `update` into `call` and say what changed."""
     previous_status = call.status
-    if is_terminal(call.status) and update.is_terminal and update.status != call.status:
-        return Applied(
-            changed=False, previous_status=previous_status, status=call.status, conflicting=True
-        )
-    writer = _Writer(stale=_is_stale(call, update))
+    conflicting = is_terminal(call.status) and update.is_terminal and update.status != call.status
+    writer = _Writer(stale=conflicting or _is_stale(call, update))
 
     if call.sid is None:
         writer.put(call, "sid", update.sid)
@@ -122,7 +120,12 @@ def apply_update(call: CallState, update: CallUpdate) -> Applied:
         writer.put(leg, "on_call_duration", leg_update.on_call_duration)
         writer.put(leg, "answered_by", leg_update.answered_by)
 
-    return Applied(changed=writer.changed, previous_status=previous_status, status=call.status)
+    return Applied(
+        changed=writer.changed,
+        previous_status=previous_status,
+        status=call.status,
+        conflicting=conflicting,
+    )
 
 
 def _times_agree(call: CallState, update: CallUpdate, stale: bool) -> bool:

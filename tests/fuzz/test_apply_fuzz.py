@@ -125,8 +125,11 @@ def test_the_rules_hold_whatever_exotel_says_in_whatever_order(
         elif is_terminal(call.status):
             first_terminal = call.status
         if applied.conflicting:
-            assert not applied.changed
             assert update.status != call.status
+            assert before.exotel_updated_at == call.exotel_updated_at
+            assert [leg.status for leg in before.legs] == [
+                leg.status for leg in call.legs[: len(before.legs)]
+            ]
         never_erased(values(before), values(call))
         assert before.sid is None or call.sid == before.sid
         assert call.start_time is None or call.end_time is None or call.start_time <= call.end_time

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import datetime, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from app.calls.apply import apply_update
@@ -153,7 +154,6 @@ def test_the_first_terminal_status_stands() -> None:
                 status="completed",
                 date_updated=date_updated,
                 conversation_duration=99,
-                price="1.5",
                 legs=(LegUpdate(leg=1, status="completed", on_call_duration=99),),
             ),
         )
@@ -162,6 +162,24 @@ def test_the_first_terminal_status_stands() -> None:
         assert not conflicting.became_terminal
         assert snapshot(call) == before
     assert call.status == "busy"
+
+
+def test_a_conflicting_terminal_update_only_fills_gaps() -> None:
+    """Exotel's call details may name another outcome than its callback did; the price they
+    bring, which the callback could not, is still wanted."""
+    call = pending_call()
+    apply_update(call, terminal(status="no-answer"))
+    details = apply_update(
+        call, terminal(status="completed", price="1.5", conversation_duration=99)
+    )
+    assert details.conflicting
+    assert details.changed
+    assert (call.status, call.price, call.conversation_duration) == (
+        "no-answer",
+        Decimal("1.5"),
+        32,
+    )
+    assert call.exotel_updated_at == ENDED
 
 
 def test_the_same_terminal_status_again_is_no_conflict() -> None:
