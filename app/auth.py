@@ -61,7 +61,9 @@ def _from_this_machine(request: Request) -> bool:
 
 
 def _require(role: Role) -> object:
-    def dependency(
+    # `async def` although it awaits nothing: FastAPI runs a plain `def` dependency in a
+    # worker thread, a hand-off on every request for a few microseconds of hashing.
+    async def dependency(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ApiClient:

@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     simulate.add_argument("--port", type=int, default=9911)
     simulate.add_argument("--speed", type=float, default=10.0)
 
-    commands.add_parser(
+    worker = commands.add_parser(
         "worker", help="run the background jobs (reconciliation, notify relay) without the API"
     )
+    worker.add_argument("--host", default="127.0.0.1", help="where to serve /metrics, /healthz")
+    worker.add_argument("--port", type=int, help="default: WORKER_PORT, else 9100")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -103,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "worker":
         from app.jobs.worker import run_worker
 
-        asyncio.run(run_worker(_settings_or_exit()))
+        settings = _settings_or_exit()
+        if args.port is not None:
+            settings = settings.model_copy(update={"worker_port": args.port})
+        asyncio.run(run_worker(settings, host=args.host))
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ class Settings(BaseSettings):
     notify_first_retry_s: float = Field(5.0, gt=0)
     notify_give_up_s: float = Field(86400, gt=0)
     run_jobs: bool = True
+    # Where `callbridge worker` serves /healthz, /readyz and /metrics.
+    worker_port: int = Field(9100, ge=0, le=65535)
 
     calls_per_minute_per_client: int = Field(600, ge=1)
     # Unset: JSON lines in live mode, a readable console format in simulator mode.

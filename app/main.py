@@ -11,7 +11,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 import structlog
-from aiolimiter import AsyncLimiter
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,12 +34,12 @@ from app.embedded import EmbeddedPostgres
 from app.errors import install_error_handlers
 from app.exotel.client import ExotelClient, build_http_client
 from app.jobs.runner import running_jobs
+from app.limits.gcra import client_limiter, exotel_limiter
 from app.logs import configure_logging
 from app.middleware import MAX_BODY_BYTES, BodyLimitsMiddleware, RequestLogMiddleware
 from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.ops.service import OpsService
-from app.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +86,6 @@ def _settings_or_exit(app: FastAPI) -> Settings:
 async def _exotel_client(
     app: FastAPI, settings: Settings, stack: AsyncExitStack, engine: AsyncEngine
 ) -> ExotelClient:
-    limiter = AsyncLimiter(settings.exotel_requests_per_minute, time_period=60)
     if settings.live:
         assert settings.exotel_account_sid is not None
         assert settings.exotel_api_key is not None
@@ -99,6 +97,9 @@ async def _exotel_client(
             timeout_s=settings.exotel_timeout_s,
         )
         stack.push_async_callback(http.aclose)
+        limiter = exotel_limiter(
+            engine, settings.exotel_account_sid, settings.exotel_requests_per_minute
+        )
         return ExotelClient(http, account_sid=settings.exotel_account_sid, limiter=limiter)
 
     from app.exotel.simulator import Simulator, SimulatorConfig
@@ -120,6 +121,7 @@ async def _exotel_client(
         "SIMULATOR MODE: calls are simulated and no phone rings",
         simulator_url=settings.public_base_url + SIMULATOR_PREFIX,
     )
+    limiter = exotel_limiter(engine, config.account_sid, settings.exotel_requests_per_minute)
     return ExotelClient(http, account_sid=config.account_sid, limiter=limiter)
 
 
@@ -163,13 +165,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 "and read calls"
             )
         app.state.sessions = sessions
-        app.state.ops = OpsService(sessions)
-        app.state.call_limiter = RateLimiter(settings.calls_per_minute_per_client)
+        app.state.ops = OpsService(sessions, exports_fleet_gauges=settings.run_jobs)
+        app.state.call_limiter = client_limiter(engine, settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
         app.state.notify_allowed_hosts = settings.notify_allowed_hosts
         exotel = await _exotel_client(app, settings, stack, engine)
         app.state.callback_inbox = CallbackInbox(engine)
-        await stack.enter_async_context(running_applier(engine))
+        # The applier's own connection: it never queues behind requests for one of theirs.
+        applier_engine = create_engine(database_url, pool_size=1)
+        stack.push_async_callback(applier_engine.dispose)
+        await stack.enter_async_context(running_applier(applier_engine))
         app.state.calls = CallService(
             engine,
             exotel,

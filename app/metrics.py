@@ -1,13 +1,21 @@
 """Every Prometheus metric Callbridge exports, served at GET /metrics.
 
-They live in the process-wide default registry, next to prometheus-client's process
-and GC metrics. Labels only ever take values from small, fixed sets (route templates,
-operations, statuses), so no label can grow without bound.
+Two kinds, kept in two registries:
+- What this process did (requests, Exotel calls, callbacks, deliveries): counters and
+  histograms in the process-wide default registry, next to prometheus-client's process
+  and GC metrics. Every process exports its own; `sum()` them across the fleet.
+- What the database holds (queues, backlogs): the same number seen from any process.
+  These FLEET gauges are exported only by processes that run the jobs (`callbridge
+  worker`, or an API process with RUN_JOBS=true), so that an API replica never adds
+  a copy; where several processes run jobs, aggregate them with `max()`, never `sum()`.
+
+Labels only ever take values from small, fixed sets (route templates, operations,
+statuses), so no label can grow without bound.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.exotel.schemas import TERMINAL_STATUSES
 
@@ -51,19 +59,19 @@ CALLBACK_APPLY_LAG = Histogram(
     "Time from storing (acknowledging) a callback to applying it to its call.",
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-CALLBACK_BACKLOG = Gauge(
-    "callbridge_callback_backlog",
-    "Stored callbacks waiting for the applier.",
-)
 CALL_STATUS_TRANSITIONS = Counter(
     "callbridge_call_status_transitions_total",
     "Changes of a stored call's status.",
     ["from_status", "to_status"],
 )
 
+FLEET = CollectorRegistry()
+
 RELAY_QUEUE_DEPTH = Gauge(
     "callbridge_relay_queue_depth",
-    "Finished-call notifications waiting to be delivered to their notify_url.",
+    "Finished-call notifications waiting to be delivered to their notify_url"
+    " (fleet-wide: aggregate with max()).",
+    registry=FLEET,
 )
 RELAY_FAILURES = Counter(
     "callbridge_relay_failures_total",
@@ -71,7 +79,13 @@ RELAY_FAILURES = Counter(
 )
 RECONCILE_BACKLOG = Gauge(
     "callbridge_reconcile_backlog",
-    "Calls due to be looked up at Exotel by the reconciler.",
+    "Calls due to be looked up at Exotel by the reconciler (fleet-wide: aggregate with max()).",
+    registry=FLEET,
+)
+CALLBACK_BACKLOG = Gauge(
+    "callbridge_callback_backlog",
+    "Stored callbacks waiting for the applier (fleet-wide: aggregate with max()).",
+    registry=FLEET,
 )
 RECONCILE_OUTCOMES = Counter(
     "callbridge_reconcile_outcomes_total",

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     generator = "python"
     generator_text = "asyncio HTTP/1.1 client (bench/load.py)"
-    if arguments.what in ("all", "ingest") and arguments.loadgen != "python":
+    if arguments.what in ("all", "ingest", "read") and arguments.loadgen != "python":
         version, how = ensure_wrk()
         if version is not None:
             generator, generator_text = "wrk", f"{version}, 1 thread ({how})"
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ingested = placed = read_result = None
     if arguments.what in ("all", "ingest"):
-        print("callback ingestion (Callbridge, then the reference) ...", flush=True)
+        print("callback ingestion (Callbridge, then the reference; apply lag) ...", flush=True)
         ingested = ingest.run(
             server_url,
             generator=generator,
@@ -86,15 +86,25 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ingested.callbridge.responses - ingested.requests_prepared:,} were duplicates."
             )
     if arguments.what in ("all", "place"):
-        print("placing calls (direct and through Callbridge, interleaved) ...", flush=True)
+        print(
+            "placing calls (direct and through Callbridge, interleaved; "
+            "a fresh database each round) ...",
+            flush=True,
+        )
         placed = place.run(server_url, rounds=1 if arguments.quick else 4)
     if arguments.what in ("all", "read"):
-        print("reading at scale (seeding 1,000,000 calls if not already there) ...", flush=True)
+        print(
+            "reading at scale, Callbridge and the read reference "
+            "(seeding 1,000,000 calls if not already there) ...",
+            flush=True,
+        )
         read_result = read.run(
             server_url,
             reseed=arguments.reseed,
-            by_sid=300 if arguments.quick else 2_000,
+            generator=generator,
             list_rounds=10 if arguments.quick else 60,
+            duration_s=2 if arguments.quick else 8,
+            warmup_s=1 if arguments.quick else 2,
         )
 
     found = rows(ingested, placed, read_result)

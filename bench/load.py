@@ -181,8 +181,13 @@ local counter = 0
 
 function init(args)
   for line in io.lines(args[1]) do
-    local method, target, content_type, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
-    requests[#requests + 1] = wrk.format(method, target, {["Content-Type"] = content_type}, body)
+    local method, target, content_type, authorization, body =
+      line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+    local headers = {}
+    if content_type ~= "" then headers["Content-Type"] = content_type end
+    if authorization ~= "" then headers["Authorization"] = authorization end
+    if body == "" then body = nil end
+    requests[#requests + 1] = wrk.format(method, target, headers, body)
   end
 end
 
@@ -249,11 +254,20 @@ def wrk_load(
         tempfile.NamedTemporaryFile("w", suffix=".lua", dir=work_dir, delete=False) as script,
     ):
         for request in requests:
-            content_type = dict(request.headers).get("Content-Type", "application/json")
-            body = request.body.decode()
-            if "\t" in body or "\n" in body:
-                raise ValueError("wrk requests are one line each: no tab or newline in bodies")
-            listing.write(f"{request.method}\t{request.target}\t{content_type}\t{body}\n")
+            headers = dict(request.headers)
+            unsupported = set(headers) - {"Content-Type", "Authorization"}
+            if unsupported:
+                raise ValueError(f"the wrk script sends no {', '.join(sorted(unsupported))}")
+            fields = [
+                request.method,
+                request.target,
+                headers.get("Content-Type", ""),
+                headers.get("Authorization", ""),
+                request.body.decode(),
+            ]
+            if any("\t" in value or "\n" in value for value in fields):
+                raise ValueError("wrk requests are one line each: no tab or newline in them")
+            listing.write("\t".join(fields) + "\n")
         script.write(WRK_SCRIPT)
     try:
         completed = subprocess.run(

@@ -6,11 +6,18 @@ path is POST /calls on Callbridge (its own process, in live mode against the sam
 simulator), also with httpx, from the same client. Both at the same concurrency, in
 interleaved rounds; "added" is the difference of the two distributions' percentiles.
 
-Callbridge keeps Exotel requests under EXOTEL_REQUESTS_PER_MINUTE, at most 200 by
-contract: a bucket that lets 200 requests through at once, then 3.3 a second. A round
-therefore gets a fresh Callbridge process (a fresh bucket) and places at most 200
-calls, so the limiter never holds a request and what is measured is Callbridge's own
-cost. Sustained, no client can place calls faster than 200 a minute anyway.
+The limiters are kept out of the way, whatever their implementation, so that what is
+measured is Callbridge's own cost (the limiters' statements included), never a wait:
+- every round runs in a fresh database with a fresh Callbridge process, and places at
+  most EXOTEL_BUDGET (200) calls, which an in-process bucket of 200 a minute lets
+  through at once;
+- the per-client limit is set far above what a round sends;
+- a fleet-wide limiter keeping GCRA buckets in Postgres (`rate_limit_buckets`, when
+  the migrations made it) lets only a tenth of the budget through at once (20 calls),
+  then one every 0.33 s: a bench-only trigger in the round's database keeps every
+  bucket empty (each write sets its `tat` an hour back), so each reservation is still
+  one statement and is always granted at once. Production never has the trigger.
+The rounds check it: no answer may be a 429 or a 503 exotel-rate-limited.
 
 The simulator runs at real speed (SIMULATOR_SPEED=1): its calls last at least 26 s, so
 no status callback lands on Callbridge while a round is measured.
@@ -26,20 +33,41 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
+import psycopg
 
 from app.calls.tokens import CallbackTokens
 from app.exotel.client import ConnectRequest
 from app.exotel.simulator import SimulatorConfig
 from bench.load import LoadResult
-from bench.servers import OUT_DIR, Server, callbridge_env, create_database, drop_database, running
+from bench.servers import (
+    CALLBACK_SECRET,
+    OUT_DIR,
+    WRITER_KEY,
+    Server,
+    callbridge_env,
+    create_database,
+    drop_database,
+    running,
+)
 
 CONCURRENCY = 32
 EXOTEL_BUDGET = 200  # the most EXOTEL_REQUESTS_PER_MINUTE allows, so a bucket's burst
 WARMUP = 10
 SEQUENTIAL = 40
 CONCURRENT = EXOTEL_BUDGET - WARMUP - SEQUENTIAL
-CALLBACK_SECRET = "bench-callback-secret-not-for-production"  # noqa: S105
-WRITER_KEY = "bench-writer-key-not-for-production-0123"
+DATABASE = "callbridge_bench_place"
+# Far above a round's calls, so that the per-client limit never refuses one.
+CALLS_PER_MINUTE_PER_CLIENT = 1_000_000
+# Bench only: every write to a GCRA bucket leaves it empty (see the module's docstring).
+EMPTY_BUCKETS = """
+CREATE FUNCTION bench_keep_bucket_empty() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.tat := clock_timestamp() - interval '1 hour';
+    RETURN NEW;
+END $$;
+CREATE TRIGGER bench_keep_bucket_empty BEFORE INSERT OR UPDATE ON rate_limit_buckets
+    FOR EACH ROW EXECUTE FUNCTION bench_keep_bucket_empty();
+"""
 CALLER_ID = "+918047112233"
 # Where the baseline's StatusCallback points: nothing listens (no callback is due anyway).
 DEAD_CALLBACK = "http://127.0.0.1:9/callbacks/exotel"
@@ -52,6 +80,8 @@ class PlaceResult:
     direct_sequential: LoadResult
     callbridge_sequential: LoadResult
     rounds: int
+    buckets_pinned: bool  # a Postgres limiter existed and its buckets were kept empty
+    limited: int  # answers that were a limiter's refusal (429, 503): must be 0
 
     @property
     def added_p50_ms(self) -> float:
@@ -165,11 +195,22 @@ def _client(base_url: str, headers: dict[str, str] | None = None) -> httpx.Async
     )
 
 
+def _round_database(server_url: str) -> tuple[str, bool]:
+    """A fresh, migrated database for one round; whether it has GCRA buckets, now pinned."""
+    url = create_database(server_url, DATABASE, migrated=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute("SELECT to_regclass('rate_limit_buckets')").fetchone()
+        has_buckets = found is not None and found[0] is not None
+        if has_buckets:
+            conn.execute(EMPTY_BUCKETS)
+    return url, has_buckets
+
+
 def run(server_url: str, *, rounds: int) -> PlaceResult:
-    database = create_database(server_url, "callbridge_bench_place", migrated=True)
     numbers = Numbers()
     collected: dict[str, list[Sample]] = {name: [] for name in ("d", "c", "d1", "c1")}
     elapsed: dict[str, float] = {name: 0.0 for name in collected}
+    pinned = True
     # No Exotel limit in the simulator: the baseline's direct connects count too, and the
     # rounds measure cost, not the limit (each Callbridge round stays within 200).
     simulator = Server(
@@ -180,15 +221,16 @@ def run(server_url: str, *, rounds: int) -> PlaceResult:
     try:
         with running(simulator):
             for _ in range(rounds):
+                database, has_buckets = _round_database(server_url)
+                pinned = pinned and has_buckets
                 session = Round(simulator, numbers)
                 callbridge = Server("callbridge", {}, OUT_DIR / "place-callbridge.log")
                 callbridge.env = callbridge_env(
                     database,
-                    callback_secret=CALLBACK_SECRET,
-                    api_keys=f"bench:{WRITER_KEY}:write",
                     exotel_url=simulator.url,
                     public_base_url=callbridge.url,
                     exotel_requests_per_minute=str(EXOTEL_BUDGET),
+                    calls_per_minute_per_client=str(CALLS_PER_MINUTE_PER_CLIENT),
                 )
 
                 async def measure(
@@ -216,11 +258,19 @@ def run(server_url: str, *, rounds: int) -> PlaceResult:
                 with running(callbridge):
                     asyncio.run(measure())
     finally:
-        drop_database(server_url, "callbridge_bench_place")
+        drop_database(server_url, DATABASE)
+    limited = sum(
+        1
+        for samples in (collected["c"], collected["c1"])
+        for _, status in samples
+        if status in (429, 503)
+    )
     return PlaceResult(
         direct=_result(collected["d"], elapsed["d"], CONCURRENCY),
         callbridge=_result(collected["c"], elapsed["c"], CONCURRENCY),
         direct_sequential=_result(collected["d1"], elapsed["d1"], 1),
         callbridge_sequential=_result(collected["c1"], elapsed["c1"], 1),
         rounds=rounds,
+        buckets_pinned=pinned,
+        limited=limited,
     )

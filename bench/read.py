@@ -1,5 +1,13 @@
 """Reading at scale: 1,000,000 calls and their 2,000,000 legs, then GET /calls/{sid} and
-filtered GET /calls pages, and the query plans behind them.
+filtered GET /calls pages, against a read reference, and the query plans behind them.
+
+The reference (bench.reference:read_app) does the same reads in one statement each,
+its JSON built by Postgres. Both servers run side by side and get the very same
+requests from the load generator (wrk or the asyncio client), at concurrency 1 and 16,
+Callbridge then the reference for each; the figure is the ratio of their throughputs,
+with CPU time per request of each server process. The pages' requests (cursors of next
+pages included) are those of a first pass through Callbridge with httpx, one request at
+a time, following next_cursor; that pass also gives the latency of each kind of page.
 
 The rows are made by Postgres itself (generate_series), not through the API, in a
 database kept between runs (`--reseed` makes it anew; a new migration does too). The
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -29,10 +38,14 @@ from sqlalchemy.engine import Engine
 
 from app.config import Settings
 from app.main import create_app
-from bench.load import LoadResult
+from bench.ingest import drive
+from bench.load import HttpRequest, LoadResult
 from bench.servers import (
-    BENCH_NOTIFY_SECRET,
+    API_KEYS,
+    CALLBACK_SECRET,
+    NOTIFY_SECRET,
     OUT_DIR,
+    READER_KEY,
     Server,
     callbridge_env,
     create_database,
@@ -48,8 +61,11 @@ CALLERS = 2_000  # distinct `from` numbers: 500 calls each
 CALLEES = 200_000  # distinct `to` numbers: 5 calls each
 ORDERS = 300_000  # distinct custom_field values
 DAYS = 90
-READER_KEY = "bench-reader-key-not-for-production-0123"
-CALLBACK_SECRET = "bench-callback-secret-not-for-production"  # noqa: S105
+# A sequential scan of the 1M-row tables; the seed leaves notifications empty, and the
+# planner rightly scans an empty table to hash it.
+BIG_TABLE_SCAN = re.compile(r"Seq Scan on (calls|call_legs)\b")
+CONCURRENCIES = (1, 16)
+BY_SID_REQUESTS = 20_000  # distinct random sids, cycled through
 
 # Status by mod(i * 7919, 1000): mostly finished calls, a few running or unsettled.
 # Formatted with the constants above only, no outside input.
@@ -222,11 +238,42 @@ def big_page() -> ListQuery:
 
 
 @dataclass
+class Comparison:
+    """The same requests at the same concurrency to Callbridge and to the reference."""
+
+    what: str
+    concurrency: int
+    callbridge: LoadResult
+    reference: LoadResult
+    callbridge_cpu_s: float
+    reference_cpu_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.callbridge.rps / self.reference.rps if self.reference.rps else 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.callbridge_cpu_s * 1000 / self.callbridge.ok if self.callbridge.ok else 0.0
+
+    @property
+    def reference_cpu_ms(self) -> float:
+        return self.reference_cpu_s * 1000 / self.reference.ok if self.reference.ok else 0.0
+
+    @property
+    def all_ok(self) -> bool:
+        return all(
+            r.ok == r.responses and r.responses > 0 and not r.socket_errors
+            for r in (self.callbridge, self.reference)
+        )
+
+
+@dataclass
 class ReadResult:
     seed_seconds: float | None
-    by_sid: LoadResult
-    listing: LoadResult
+    listing: LoadResult  # the first pass, httpx, one at a time, following cursors
     listing_by_query: dict[str, LoadResult]
+    comparisons: list[Comparison] = field(default_factory=list)
     plans: list[tuple[str, str]] = field(default_factory=list)  # (what, EXPLAIN output)
     sequential_scans: list[str] = field(default_factory=list)
     rss_mb: float = 0.0
@@ -236,25 +283,15 @@ def _result(latencies: list[float], statuses: Counter[int], elapsed: float) -> L
     return LoadResult.from_latencies("httpx", 1, elapsed, latencies, statuses)
 
 
-async def _get_by_sid(http: httpx.AsyncClient, count: int, pick: random.Random) -> LoadResult:
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    started = time.perf_counter()
-    for _ in range(count):
-        sent = time.perf_counter()
-        response = await http.get(f"/calls/{sid(pick.randrange(1, CALLS + 1))}")
-        latencies.append((time.perf_counter() - sent) * 1000)
-        statuses[response.status_code] += 1
-    return _result(latencies, statuses, time.perf_counter() - started)
-
-
 async def _list_pages(
     http: httpx.AsyncClient,
     rounds: int,
     start: datetime,
     pick: random.Random,
     queries: Callable[[datetime, random.Random], list[ListQuery]] = list_queries,
+    targets: list[str] | None = None,
 ) -> tuple[LoadResult, dict[str, LoadResult]]:
+    """Follow each query's pages; `targets` collects every request's path and query."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     per_query: dict[str, tuple[list[float], Counter[int]]] = {}
@@ -267,6 +304,8 @@ async def _list_pages(
                 sent = time.perf_counter()
                 response = await http.get("/calls", params=params)
                 latency = (time.perf_counter() - sent) * 1000
+                if targets is not None:
+                    targets.append(response.request.url.raw_path.decode())
                 latencies.append(latency)
                 own_latencies.append(latency)
                 statuses[response.status_code] += 1
@@ -312,15 +351,15 @@ async def _plans(url: str, start: datetime) -> tuple[list[tuple[str, str]], list
     settings = Settings(
         _env_file=None,
         database_url=sqlalchemy_url(url),
-        api_keys=f"dashboard:{READER_KEY}:read",
+        api_keys=API_KEYS,
         callback_secret=CALLBACK_SECRET,
+        notify_secret=NOTIFY_SECRET,
         exotel_account_sid="bench",
         exotel_api_key="bench",
-        exotel_api_token="bench",  # noqa: S106 - nothing is sent: reads only
+        exotel_api_token="bench-token-not-for-production-0123456789",  # noqa: S106 - reads only
         exotel_base_url="http://127.0.0.1:9",
-        exotel_caller_id="08000000000",
-        public_base_url="http://127.0.0.1:9",
-        notify_secret=BENCH_NOTIFY_SECRET,
+        exotel_caller_id="08047112233",
+        public_base_url="http://127.0.0.1:8000",
         run_jobs=False,
         log_level="WARNING",
     )
@@ -364,47 +403,100 @@ async def _plans(url: str, start: datetime) -> tuple[list[tuple[str, str]], list
                     ).fetchall()
                     plan = "\n".join(str(row[0]) for row in rows)
                     plans.append((what, plan))
-                    if "Seq Scan" in plan:
+                    if BIG_TABLE_SCAN.search(plan):
                         scans.append(what)
     return plans, scans
 
 
-def run(server_url: str, *, reseed: bool, by_sid: int, list_rounds: int) -> ReadResult:
+def _compare(
+    what: str,
+    requests: list[HttpRequest],
+    servers: tuple[Server, Server],
+    *,
+    generator: str,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+) -> Comparison:
+    """The same requests to Callbridge, then to the reference, each after a warm-up."""
+    measured: list[tuple[LoadResult, float]] = []
+    for server in servers:
+        drive(server, requests, generator=generator, concurrency=concurrency, duration_s=warmup_s)
+        cpu_before = server.cpu_seconds()
+        result = drive(
+            server, requests, generator=generator, concurrency=concurrency, duration_s=duration_s
+        )
+        measured.append((result, server.cpu_seconds() - cpu_before))
+    (callbridge, callbridge_cpu), (reference, reference_cpu) = measured
+    return Comparison(what, concurrency, callbridge, reference, callbridge_cpu, reference_cpu)
+
+
+def run(
+    server_url: str,
+    *,
+    reseed: bool,
+    generator: str,
+    list_rounds: int,
+    duration_s: float,
+    warmup_s: float,
+) -> ReadResult:
     url, start, seed_seconds = seed(server_url, reseed=reseed)
     plans, scans = asyncio.run(_plans(url, start))
     env = callbridge_env(
         url,
-        callback_secret=CALLBACK_SECRET,
-        api_keys=f"dashboard:{READER_KEY}:read",
         exotel_url="http://127.0.0.1:9",
         public_base_url="http://127.0.0.1:8000",
         run_jobs="false",
     )
+    reference_env = {"REFERENCE_DATABASE_URL": url}
     pick = random.Random(11)
-    with running(Server("callbridge", env, OUT_DIR / "read-callbridge.log")) as server:
+    authorization = (("Authorization", f"Bearer {READER_KEY}"),)
+    by_sid = [
+        HttpRequest("GET", f"/calls/{sid(pick.randrange(1, CALLS + 1))}", headers=authorization)
+        for _ in range(BY_SID_REQUESTS)
+    ]
+    with (
+        running(Server("callbridge", env, OUT_DIR / "read-callbridge.log")) as server,
+        running(Server("read-reference", reference_env, OUT_DIR / "read-reference.log")) as ref,
+    ):
 
-        async def measure() -> tuple[LoadResult, LoadResult, dict[str, LoadResult]]:
+        async def first_pass() -> tuple[LoadResult, dict[str, LoadResult], list[str]]:
             async with httpx.AsyncClient(
                 base_url=server.url,
                 timeout=30,
                 headers={"Authorization": f"Bearer {READER_KEY}"},
             ) as http:
-                await _get_by_sid(http, 50, pick)  # warm-up
-                await _list_pages(http, 2, start, pick)
-                single = await _get_by_sid(http, by_sid, pick)
-                listing, per_query = await _list_pages(http, list_rounds, start, pick)
+                await _list_pages(http, 2, start, pick)  # warm-up
+                targets: list[str] = []
+                listing, per_query = await _list_pages(
+                    http, list_rounds, start, pick, targets=targets
+                )
                 _, big = await _list_pages(
                     http, max(list_rounds // 3, 1), start, pick, lambda *_: [big_page()]
                 )
-                return single, listing, {**per_query, **big}
+                return listing, {**per_query, **big}, targets
 
-        single, listing, per_query = asyncio.run(measure())
+        listing, per_query, targets = asyncio.run(first_pass())
+        pages = [HttpRequest("GET", target, headers=authorization) for target in targets]
+        comparisons = [
+            _compare(
+                what,
+                requests,
+                (server, ref),
+                generator=generator,
+                concurrency=concurrency,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+            )
+            for what, requests in (("GET /calls/{sid}", by_sid), ("GET /calls filtered", pages))
+            for concurrency in CONCURRENCIES
+        ]
         rss = server.rss_bytes()
     return ReadResult(
         seed_seconds=seed_seconds,
-        by_sid=single,
         listing=listing,
         listing_by_query=per_query,
+        comparisons=comparisons,
         plans=plans,
         sequential_scans=scans,
         rss_mb=rss / 2**20,

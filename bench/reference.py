@@ -1,17 +1,28 @@
-"""The reference for callback ingestion: a bare Starlette route that inserts one row.
+"""The references Callbridge is measured against: bare Starlette routes on psycopg.
 
-No validation, no authentication, no ORM: it reads the body, inserts it with psycopg
-(autocommit, so one INSERT is one transaction) and answers 200. It bounds what any
-Python service on the same uvicorn and Postgres can do; Callbridge is measured
-against it. It uses as many connections as Callbridge's pool may (10 + 10 overflow).
+`app` (callback ingestion): no validation, no authentication, no ORM; it reads the
+body, inserts it with psycopg (autocommit, so one INSERT is one transaction) and
+answers 200.
+
+`read_app` (reads, on the 1M-call database): GET /calls/{ref} and filtered GET /calls
+pages doing the same reads as Callbridge, each in one statement whose JSON Postgres
+builds (json_build_object, the legs aggregated), with no authentication and no
+validation beyond what the SQL needs; Python only joins a page's items.
+
+They bound what any Python service on the same uvicorn and Postgres can do. Each uses
+as many connections as Callbridge's pool may (10 + 10 overflow).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from starlette.applications import Starlette
@@ -35,8 +46,9 @@ INSERT = "INSERT INTO callbacks (token, content_type, raw_body) VALUES (%s, %s, 
 class Pool:
     """Up to MAX_CONNECTIONS autocommit connections, opened on demand and kept."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, **options: Any) -> None:
         self._url = url
+        self._options = options
         self._idle: asyncio.LifoQueue[psycopg.AsyncConnection[object]] = asyncio.LifoQueue()
         self._opened = 0
 
@@ -44,7 +56,9 @@ class Pool:
         if self._idle.empty() and self._opened < MAX_CONNECTIONS:
             self._opened += 1
             try:
-                return await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                return await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, **self._options
+                )
             except BaseException:
                 self._opened -= 1
                 raise
@@ -87,4 +101,122 @@ async def receive_callback(request: Request) -> Response:
 
 app = Starlette(
     routes=[Route("/callbacks/exotel", receive_callback, methods=["POST"])], lifespan=lifespan
+)
+
+
+# -- reads -----------------------------------------------------------------------------
+
+# The call resource as Callbridge renders it (the contract's fields, same order), built
+# by Postgres from one row of calls joined to its notification, the legs aggregated.
+CALL_JSON = """
+json_build_object(
+    'id', c.id, 'sid', c.sid, 'status', c.status, 'from', c.from_number,
+    'to', c.to_number, 'caller_id', c.caller_id, 'direction', c.direction,
+    'custom_field', c.custom_field, 'created_at', c.created_at, 'updated_at', c.updated_at,
+    'start_time', c.start_time, 'end_time', c.end_time, 'duration', c.duration,
+    'conversation_duration', c.conversation_duration, 'price', c.price::float8,
+    'recording_url', c.recording_url, 'answered_by', c.answered_by,
+    'legs', coalesce((
+        SELECT json_agg(json_build_object('leg', l.leg, 'number', l.number,
+                                          'status', l.status,
+                                          'on_call_duration', l.on_call_duration)
+                        ORDER BY l.leg)
+        FROM call_legs l WHERE l.call_id = c.id), '[]'::json),
+    'error', CASE WHEN c.error_message IS NOT NULL OR c.error_status IS NOT NULL THEN
+        json_build_object('status', c.error_status, 'code', c.error_code,
+                          'message', c.error_message) END,
+    'notify', CASE WHEN n.call_id IS NOT NULL THEN
+        json_build_object('status', n.status, 'attempts', n.attempts,
+                          'last_error', n.last_error) END
+)::text
+"""
+CALL_FROM = "FROM calls c LEFT JOIN notifications n ON n.call_id = c.id"
+READ_BY_SID = f"SELECT {CALL_JSON} {CALL_FROM} WHERE c.sid = %(ref)s LIMIT 1"
+READ_BY_SID_OR_ID = f"SELECT {CALL_JSON} {CALL_FROM} WHERE c.sid = %(ref)s OR c.id = %(id)s LIMIT 1"
+# Query parameter -> condition, as Callbridge filters (it normalises numbers first; the
+# bench sends them normalised already).
+PAGE_FILTERS = {
+    "status": "c.status = %(status)s",
+    "from": "c.from_number = %(from)s",
+    "to": "c.to_number = %(to)s",
+    "custom_field": "c.custom_field = %(custom_field)s",
+    "created_after": "c.created_at >= %(created_after)s::timestamptz",
+    "created_before": "c.created_at < %(created_before)s::timestamptz",
+}
+NOT_FOUND = b'{"type":"about:blank","title":"Not Found","status":404}'
+
+
+def _cursor(created_at: str, call_id: str) -> str:
+    """Callbridge's cursor format: base64url of [created_at, id], unpadded."""
+    raw = json.dumps([created_at, call_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _from_cursor(cursor: str) -> tuple[str, str]:
+    created_at, call_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    return str(created_at), str(call_id)
+
+
+@asynccontextmanager
+async def read_lifespan(app: Starlette) -> AsyncIterator[None]:
+    app.state.pool = Pool(os.environ["REFERENCE_DATABASE_URL"], options="-c TimeZone=UTC")
+    yield
+    await app.state.pool.close()
+
+
+async def _fetch(request: Request, query: str, params: dict[str, Any]) -> list[Any]:
+    pool: Pool = request.app.state.pool
+    conn = await pool.acquire()
+    try:
+        cursor = await conn.execute(query, params)
+        return await cursor.fetchall()
+    finally:
+        pool.release(conn)
+
+
+async def read_call(request: Request) -> Response:
+    ref = request.path_params["ref"]
+    try:
+        params: dict[str, Any] = {"ref": ref, "id": uuid.UUID(ref)}
+        query = READ_BY_SID_OR_ID
+    except ValueError:
+        params, query = {"ref": ref}, READ_BY_SID
+    rows = await _fetch(request, query, params)
+    if not rows:
+        return Response(NOT_FOUND, 404, media_type="application/problem+json")
+    return Response(rows[0][0], media_type="application/json")
+
+
+async def list_calls(request: Request) -> Response:
+    given = request.query_params
+    limit = int(given.get("limit", "50"))
+    conditions = []
+    params: dict[str, Any] = {"limit": limit + 1}
+    for name, condition in PAGE_FILTERS.items():
+        if name in given:
+            conditions.append(condition)
+            params[name] = given[name]
+    if "cursor" in given:
+        params["cursor_created_at"], params["cursor_id"] = _from_cursor(given["cursor"])
+        conditions.append(
+            "(c.created_at, c.id) < (%(cursor_created_at)s::timestamptz, %(cursor_id)s::uuid)"
+        )
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    query = (
+        f"SELECT {CALL_JSON}, to_json(c.created_at) #>> '{{}}', c.id::text "
+        f"{CALL_FROM} {where} ORDER BY c.created_at DESC, c.id DESC LIMIT %(limit)s"
+    )
+    rows = await _fetch(request, query, params)
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = json.dumps(_cursor(rows[-1][1], rows[-1][2]))
+    items = ",".join(row[0] for row in rows)
+    body = f'{{"items":[{items}],"next_cursor":{next_cursor or "null"}}}'
+    return Response(body, media_type="application/json")
+
+
+read_app = Starlette(
+    routes=[Route("/calls", list_calls), Route("/calls/{ref}", read_call)],
+    lifespan=read_lifespan,
 )

@@ -1,7 +1,8 @@
 """`python -m bench.serve KIND --port N`: one server, with `callbridge serve`'s uvicorn settings.
 
 KIND is `callbridge` (app.main:app, configured from the environment), `reference` (the
-bare Starlette route of bench.reference, on REFERENCE_DATABASE_URL) or `simulator` (the
+bare Starlette callback route of bench.reference, on REFERENCE_DATABASE_URL),
+`read-reference` (its bare read routes, on REFERENCE_DATABASE_URL) or `simulator` (the
 Exotel simulator; SIMULATOR_SPEED, SIMULATOR_SLOW_ANSWER_S, SIMULATOR_LOST_ANSWER_HANG_S,
 SIMULATOR_REQUESTS_PER_MINUTE (Exotel's 200 by default; `none` for no limit),
 SIMULATOR_DATABASE_URL (keep its calls in Postgres)).
@@ -53,7 +54,7 @@ def _optional_int(raw: str | None, default: int | None) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serve")
-    parser.add_argument("kind", choices=["callbridge", "reference", "simulator"])
+    parser.add_argument("kind", choices=["callbridge", "reference", "read-reference", "simulator"])
     parser.add_argument("--port", type=int, required=True)
     arguments = parser.parse_args()
     app: Any
@@ -62,6 +63,9 @@ def main() -> None:
     elif arguments.kind == "reference":
         logging.basicConfig(level=logging.WARNING)
         app = "bench.reference:app"
+    elif arguments.kind == "read-reference":
+        logging.basicConfig(level=logging.WARNING)
+        app = "bench.reference:read_app"
     else:
         app = _simulator()
     uvicorn.run(app, port=arguments.port, **UVICORN_SETTINGS)

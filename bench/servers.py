@@ -8,6 +8,7 @@ production runs, and so that a test may SIGKILL it.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import os
 import signal
@@ -27,9 +28,18 @@ from psycopg import sql
 from app.db import PROJECT_ROOT, migrate
 from app.embedded import EmbeddedPostgres
 
-ServerKind = Literal["callbridge", "reference", "simulator"]
+ServerKind = Literal["callbridge", "reference", "read-reference", "simulator"]
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 OUT_DIR = PROJECT_ROOT / "bench" / "out"
+
+# The bench's own secrets, long enough for live mode's rules (32 bytes and more), and
+# never used outside the bench's databases on loopback.
+CALLBACK_SECRET = "bench-callback-secret-not-for-production-0123456789"  # noqa: S105
+WRITER_KEY = "bench-writer-key-not-for-production-0123456789"
+READER_KEY = "bench-reader-key-not-for-production-0123456789"
+API_KEYS = f"bench:{WRITER_KEY}:write,dashboard:{READER_KEY}:read"
+# A Standard Webhooks secret: whsec_ and the base64 of a 32-byte key.
+NOTIFY_SECRET = "whsec_" + base64.b64encode(b"bench-notify-key-not-for-prod-32").decode()
 
 
 def free_port() -> int:
@@ -156,6 +166,11 @@ class Server:
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far, user and system."""
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
     def stop(self, *, timeout_s: float = 15.0) -> None:
         """SIGTERM (uvicorn shuts down gracefully), SIGKILL if it lingers."""
         if self.process is not None and self.process.poll() is None:
@@ -194,33 +209,29 @@ def running(server: Server) -> Iterator[Server]:
         server.stop()
 
 
-BENCH_NOTIFY_SECRET = "whsec_YmVuY2gtbm90aWZ5LWtleS1ub3QtZm9yLXByb2R1Y3Rpb24="  # noqa: S105
-
-
 def callbridge_env(
     database_url: str,
     *,
-    callback_secret: str,
-    api_keys: str,
     exotel_url: str,
     public_base_url: str,
     **extra: str,
 ) -> dict[str, str]:
-    """Environment for a Callbridge process in live mode against a simulator's URL."""
+    """Environment for a Callbridge process in live mode against a simulator's URL: every
+    setting live mode requires, given explicitly, secrets of full length."""
     from app.exotel.simulator import SimulatorConfig
 
     simulator = SimulatorConfig()
     return {
         "DATABASE_URL": sqlalchemy_url(database_url),
-        "CALLBACK_SECRET": callback_secret,
-        "API_KEYS": api_keys,
+        "CALLBACK_SECRET": CALLBACK_SECRET,
+        "NOTIFY_SECRET": NOTIFY_SECRET,
+        "API_KEYS": API_KEYS,
         "EXOTEL_ACCOUNT_SID": simulator.account_sid,
         "EXOTEL_API_KEY": simulator.api_key,
         "EXOTEL_API_TOKEN": simulator.api_token,
         "EXOTEL_BASE_URL": exotel_url,
         "EXOTEL_CALLER_ID": "08047112233",
         "PUBLIC_BASE_URL": public_base_url,
-        "NOTIFY_SECRET": BENCH_NOTIFY_SECRET,
         "LOG_FORMAT": "json",
         **{name.upper(): value for name, value in extra.items()},
     }

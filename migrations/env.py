@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.calls import models  # noqa: F401  (registers the tables on Base.metadata)
 from app.config import Settings
 from app.db import Base
+from app.limits import gcra  # noqa: F401  (registers rate_limit_buckets)
 
 config = context.config
 MIGRATION_LOCK = 0x63616C6C  # any constant shared by every Callbridge process

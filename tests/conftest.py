@@ -28,7 +28,7 @@ READER_KEY = "reader-secret-for-tests-0123456789ab"
 CALLBACK_SECRET = "callback-secret-for-tests-0123456789"
 NOTIFY_SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 FIXTURES = Path(__file__).parent / "fixtures"
-TABLES = "calls, call_legs, call_events, notifications"
+TABLES = "calls, call_legs, call_events, notifications, rate_limit_buckets"
 WAITING_CALLBACKS = "SELECT EXISTS (SELECT FROM call_events WHERE processed_at IS NULL)"
 
 

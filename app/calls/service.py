@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -24,7 +23,7 @@ from typing import Any
 
 import phonenumbers
 import structlog
-from sqlalchemy import ColumnElement, Select, and_, literal, select, tuple_, union_all
+from sqlalchemy import Select, and_, literal, select, tuple_, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -486,7 +485,7 @@ class CallService:
             return answer
         # Settled while we waited: a callback naming this call got here first, or the
         # reconciler stopped waiting for us. What they found stands.
-        return self._current_answer(await self._read(calls.c.id == pending.id))
+        return self._current_answer(await self._read(pending.id))
 
     def _failure_answer(self, call: CallState, exc: ExotelError) -> Answer:
         extra = {"id": str(call.id), "exotel_code": call.error_code}
@@ -532,19 +531,16 @@ class CallService:
     def resource(call: CallState) -> dict[str, Any]:
         return CallOut.from_state(call).model_dump(mode="json", by_alias=True)
 
-    async def _read(self, where: ColumnElement[bool]) -> CallState:
+    async def _read(self, call_id: uuid.UUID) -> CallState:
         async with self._autocommit.connect() as conn:
-            call = await store.read(conn, where)
+            call = await store.read(conn, call_id)
         assert call is not None
         return call
 
     async def get(self, ref: str) -> CallState:
         """A call by its Exotel Sid or its id (1 round trip)."""
-        where: ColumnElement[bool] = calls.c.sid == ref
-        with contextlib.suppress(ValueError):
-            where = (calls.c.sid == ref) | (calls.c.id == uuid.UUID(ref))
         async with self._autocommit.connect() as conn:
-            call = await store.read(conn, where)
+            call = await store.read_by_ref(conn, ref)
         if call is None:
             raise Problem(404, "call-not-found", f"No call has the sid or id {ref!r}")
         return call

@@ -103,9 +103,33 @@ def state_from_row(row: Any) -> CallState:
     return CallState.from_row(row, _legs_from_json(row.legs_json), notify)
 
 
-async def read(conn: AsyncConnection, where: ColumnElement[bool]) -> CallState | None:
-    """The first call matching `where` (1 round trip)."""
-    row = (await conn.execute(call_query().where(where).limit(1))).one_or_none()
+# Built once: a read only binds its values (no statement built or cache-keyed per request).
+_BY_ID = call_query().where(calls.c.id == bindparam("call_id")).limit(1)
+_BY_SID = call_query().where(calls.c.sid == bindparam("ref")).limit(1)
+_BY_SID_OR_ID = (
+    call_query()
+    .where((calls.c.sid == bindparam("ref")) | (calls.c.id == bindparam("call_id")))
+    .limit(1)
+)
+
+
+async def read(conn: AsyncConnection, call_id: uuid.UUID) -> CallState | None:
+    """The call with this id (1 round trip)."""
+    return _state_or_none((await conn.execute(_BY_ID, {"call_id": call_id})).one_or_none())
+
+
+async def read_by_ref(conn: AsyncConnection, ref: str) -> CallState | None:
+    """The call whose Exotel Sid, or else whose id, `ref` is (1 round trip)."""
+    try:
+        call_id = uuid.UUID(ref)
+    except ValueError:
+        row = (await conn.execute(_BY_SID, {"ref": ref})).one_or_none()
+    else:
+        row = (await conn.execute(_BY_SID_OR_ID, {"ref": ref, "call_id": call_id})).one_or_none()
+    return _state_or_none(row)
+
+
+def _state_or_none(row: Any) -> CallState | None:
     return None if row is None else state_from_row(row)
 
 
@@ -124,7 +148,10 @@ async def lock(
         select(*(calls.c[name] for name in CALL_STATE_COLUMNS))
         .where(calls.c.id.in_(call_ids))
         .order_by(calls.c.id)
-        .with_for_update(skip_locked=skip_locked)
+        # NO KEY UPDATE: storing a callback takes KEY SHARE on its call (the foreign key),
+        # which this lock lets through; FOR UPDATE would hold every callback for a call in
+        # an applier's batch until the batch commits.
+        .with_for_update(skip_locked=skip_locked, key_share=True)
     )
     rows = (await conn.execute(query)).all()
     if not rows:

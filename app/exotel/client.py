@@ -11,8 +11,6 @@ national form; callers compare them after parsing (app.calls.service.to_e164).
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -23,7 +21,6 @@ from typing import Any, TypeVar
 import httpx
 import phonenumbers
 import structlog
-from aiolimiter import AsyncLimiter
 from pydantic import ValidationError
 
 from app.exotel.schemas import (
@@ -34,6 +31,7 @@ from app.exotel.schemas import (
     ExotelErrorEnvelope,
     ExotelRestException,
 )
+from app.limits.budget import LimitReached, Priority, RequestLimiter
 from app.metrics import EXOTEL_REQUEST_DURATION, EXOTEL_REQUESTS
 
 log = structlog.get_logger(__name__)
@@ -50,8 +48,6 @@ MAX_PAGES = 50
 # URL are Callbridge's credentials ever sent for one.
 EXOTEL_RECORDING_DOMAINS = ("exotel.com", "exotel.in")
 RECORDING_ANSWERS = frozenset({200, 206, 416})
-# How long a request may wait for a place under EXOTEL_REQUESTS_PER_MINUTE.
-MAX_QUEUE_S = 5.0
 
 
 class ExotelError(Exception):
@@ -185,11 +181,9 @@ class ExotelClient:
         http: httpx.AsyncClient,
         *,
         account_sid: str,
-        limiter: AsyncLimiter,
-        max_queue_s: float = MAX_QUEUE_S,
+        limiter: RequestLimiter,
     ):
         self._http = http
-        self._max_queue_s = max_queue_s
         self._calls_path = f"/v1/Accounts/{account_sid}/Calls"
         self._limiter = limiter
 
@@ -374,19 +368,20 @@ class ExotelClient:
         return response
 
     async def _wait_for_rate_limit(self, operation: str) -> None:
-        """Wait for a place under the outbound limit, but not for long.
+        """Wait for a place under EXOTEL_REQUESTS_PER_MINUTE, shared by the whole fleet.
 
-        A burst larger than the limit would otherwise queue here for minutes while its
-        callers wait; better to say at once that nothing was sent, and when to retry.
+        Placing a call goes first; lookups take only places that placing leaves spare.
+        The limiter waits only a few seconds: a burst larger than the budget would
+        otherwise queue for minutes while its callers wait.
         """
+        priority = Priority.PLACING if operation == "connect" else Priority.BACKGROUND
         try:
-            async with asyncio.timeout(self._max_queue_s):
-                await self._limiter.acquire()
-        except TimeoutError:
+            await self._limiter.acquire(priority)
+        except LimitReached as refused:
             self._record(operation, "throttled", time.perf_counter())
             raise ExotelRateLimited(
                 "Callbridge's own limit of requests to Exotel is reached",
-                retry_after_s=math.ceil(60 / self._limiter.max_rate),
+                retry_after_s=refused.retry_after_s,
             ) from None
 
     @staticmethod

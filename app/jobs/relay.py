@@ -9,7 +9,9 @@ id, the same on every attempt), `webhook-timestamp` and `webhook-signature` head
 Replicas share the outbox: rows are claimed with FOR UPDATE SKIP LOCKED, and a claim
 moves `next_attempt_at` past the attempt's time limit (a lease) and counts the attempt,
 which fences the outcome: only the claimer records it. A process that dies mid-attempt
-leaves the row to be tried again when the lease ends, so delivery is at least once.
+leaves the row to be tried again when the lease ends, seconds later: delivery is at
+least once, and a receiver may see a `webhook-id` twice (Standard Webhooks receivers
+deduplicate by it).
 
 After failed attempt n (non-2xx, timeout, no connection), the next waits a random time
 between half and all of NOTIFY_FIRST_RETRY_S * 2**(n-1), capped at an hour; the first
@@ -44,8 +46,10 @@ log = structlog.get_logger(__name__)
 EVENT_TYPE = "call.finished"
 BATCH = 50
 MAX_BACKOFF_S = 3600.0
-# Time to record an attempt's outcome after its POST has timed out.
-LEASE_MARGIN = timedelta(seconds=30)
+# An attempt's POST ends within NOTIFY_TIMEOUT_S (asyncio.timeout bounds it whole); this
+# is the time to record its outcome after that. Longer only delays the retry of an
+# attempt whose process died.
+LEASE_MARGIN = timedelta(seconds=5)
 # What is read of a receiver's answer at most, so that a huge one costs nothing; a
 # short answer read whole lets its connection be used again.
 ANSWER_BYTES = 4096

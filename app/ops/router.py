@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 
 from app.errors import SERVER_PROBLEMS
+from app.metrics import FLEET
 from app.ops.service import OpsService
 
 router = APIRouter(tags=["operations"])
@@ -57,8 +58,9 @@ async def readyz(request: Request) -> Health:
 @router.get(
     "/metrics",
     summary="Prometheus metrics, in the text exposition format",
-    description="The relay and reconciler gauges are counted on each scrape; NaN when the "
-    "database did not answer.",
+    description="Counters of this process; the relay and reconciler gauges, counted from the "
+    "database on each scrape (NaN when it did not answer), only from processes that run the "
+    "jobs: aggregate those with max() across the fleet.",
     response_class=Response,
     responses={
         200: {
@@ -69,5 +71,9 @@ async def readyz(request: Request) -> Health:
     },
 )
 async def metrics(request: Request) -> Response:
-    await _service(request).refresh_gauges()
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    service = _service(request)
+    exposition = generate_latest(REGISTRY)
+    if service.exports_fleet_gauges:
+        await service.refresh_gauges()
+        exposition += generate_latest(FLEET)
+    return Response(exposition, media_type=CONTENT_TYPE_LATEST)

@@ -20,8 +20,13 @@ GAUGES_TIMEOUT_S = 1.0
 
 
 class OpsService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, exports_fleet_gauges: bool
+    ) -> None:
         self._sessions = sessions
+        # Gauges counted from the database are the same from every process: only the
+        # processes running the jobs export them (app/metrics.py).
+        self.exports_fleet_gauges = exports_fleet_gauges
 
     async def check_database(self) -> None:
         """Return if the database answers `SELECT 1` in time; else raise a 503 Problem."""

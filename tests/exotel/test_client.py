@@ -11,7 +11,6 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 import respx
-from aiolimiter import AsyncLimiter
 
 from app.exotel.client import (
     ConnectRequest,
@@ -22,6 +21,7 @@ from app.exotel.client import (
 )
 from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE, EXOTEL_CALLS
 from tests.exotel_samples import connect_answer
+from tests.limiters import Unlimited
 
 REQUEST = ConnectRequest(
     from_number="+919876543210",
@@ -44,7 +44,7 @@ def form_of(request: httpx.Request) -> dict[str, str]:
 async def client() -> AsyncIterator[ExotelClient]:
     http = build_http_client(EXOTEL_BASE, api_key="key", api_token="token", timeout_s=5)
     async with http:
-        yield ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=AsyncLimiter(1000, 60))
+        yield ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=Unlimited())
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from aiolimiter import AsyncLimiter
 
 from app.exotel.client import ExotelClient
 from app.exotel.limits import longest_call
 from app.exotel.simulator import Simulator, SimulatorConfig
 from app.jobs.details import FiguresSchedule, look_for_figures
+from tests.limiters import Unlimited
 from tests.simulator.conftest import CREDENTIALS, CallbackReceiver, connect
 
 # Figures 300 simulated seconds (0.3 s) after the end.
@@ -28,9 +28,7 @@ async def simulated() -> AsyncIterator[tuple[ExotelClient, httpx.AsyncClient, Ca
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=simulator.app), base_url="http://sim", auth=CREDENTIALS
     ) as http:
-        client = ExotelClient(
-            http, account_sid=LATE_FIGURES.account_sid, limiter=AsyncLimiter(1000, 60)
-        )
+        client = ExotelClient(http, account_sid=LATE_FIGURES.account_sid, limiter=Unlimited())
         yield client, http, receiver
     await simulator.aclose()
 
@@ -67,7 +65,7 @@ async def test_an_ongoing_call_is_waiting() -> None:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=simulator.app), base_url="http://sim", auth=CREDENTIALS
     ) as http:
-        exotel = ExotelClient(http, account_sid=real_time.account_sid, limiter=AsyncLimiter(9, 60))
+        exotel = ExotelClient(http, account_sid=real_time.account_sid, limiter=Unlimited())
         sid = await connect(http)
 
         figures = await look_for_figures(exotel, [sid, "unknown-sid"])

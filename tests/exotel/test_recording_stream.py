@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 import respx
-from aiolimiter import AsyncLimiter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +22,7 @@ from app.errors import Problem
 from app.exotel.client import ExotelClient, build_http_client
 from app.exotel.simulator import Simulator
 from tests.jobs.conftest import serving
+from tests.limiters import Unlimited
 from tests.simulator.conftest import FAST, connect, wait_until_ended
 
 
@@ -61,7 +61,7 @@ async def test_a_simulated_recording_plays_and_seeks(simulator: Simulator) -> No
         http = build_http_client(
             simulator_url, api_key=config.api_key, api_token=config.api_token, timeout_s=5
         )
-        exotel = ExotelClient(http, account_sid=config.account_sid, limiter=AsyncLimiter(100, 60))
+        exotel = ExotelClient(http, account_sid=config.account_sid, limiter=Unlimited())
         async with http, callbridge(exotel) as client:
             sid = await connect(http, Record="true")
             url = (await wait_until_ended(http, sid))["RecordingUrl"]
@@ -93,7 +93,7 @@ async def test_a_recording_is_passed_on_before_it_has_all_arrived() -> None:
         yield b"second chunk"
 
     http = build_http_client("https://api.exotel.com", api_key="k", api_token="t", timeout_s=5)
-    exotel = ExotelClient(http, account_sid="acct", limiter=AsyncLimiter(100, 60))
+    exotel = ExotelClient(http, account_sid="acct", limiter=Unlimited())
     with respx.mock(assert_all_called=True) as router:
         router.route(host="127.0.0.1").pass_through()
         router.get(url).mock(
@@ -117,7 +117,7 @@ async def test_a_recording_is_passed_on_before_it_has_all_arrived() -> None:
 )
 async def test_no_recording_or_one_elsewhere_is_a_404_problem(url: str | None) -> None:
     http = build_http_client("https://api.exotel.com", api_key="k", api_token="t", timeout_s=5)
-    exotel = ExotelClient(http, account_sid="acct", limiter=AsyncLimiter(100, 60))
+    exotel = ExotelClient(http, account_sid="acct", limiter=Unlimited())
     with respx.mock(assert_all_called=False) as router:
         router.route(host="127.0.0.1").pass_through()
         anywhere = router.route().respond(200)

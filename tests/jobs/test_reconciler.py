@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from aiolimiter import AsyncLimiter
 from prometheus_client import REGISTRY
 from sqlalchemy import select, text, update
 
@@ -24,6 +23,7 @@ from app.jobs.reconciler import NOT_PLACED, Reconciler
 from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE
 from tests.exotel_samples import connect_answer
 from tests.jobs.conftest import AppFactory, LiveSimulator, RunningApp, eventually
+from tests.limiters import Unlimited
 
 FROM, TO = "+919876543210", "+919123456789"
 
@@ -155,7 +155,7 @@ async def reconciling(
     async with build_http_client(
         EXOTEL_BASE, api_key="exotel-key", api_token="exotel-token", timeout_s=1
     ) as http:
-        client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=AsyncLimiter(100, 1))
+        client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=Unlimited())
         yield Reconciling(running, client)
 
 

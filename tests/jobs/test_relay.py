@@ -152,6 +152,31 @@ async def test_a_receiver_that_never_answers_in_time_ends_dead(
     await eventually_quiet(receiver)
 
 
+async def test_an_attempt_holds_its_notification_only_for_its_own_time_limit(
+    start_app: AppFactory, exotel: respx.MockRouter, receiver: Receiver
+) -> None:
+    # Were the process to die mid-attempt, another would retry as soon as the lease ends.
+    running = await start_app(notify_timeout_s=2)
+    receiver.delay_s = 1.0
+    call_id = await place(running, exotel, receiver.url)
+
+    await apply(running, call_id, FINISHED)
+
+    async def leased() -> bool:
+        return (await notify_state(running, call_id) or {}).get("attempts") == 1
+
+    await eventually(leased)
+    async with running.app.state.sessions() as session:
+        lease_left = await session.scalar(
+            select(Notification.next_attempt_at - func.now()).where(
+                Notification.call_id == uuid.UUID(call_id)
+            )
+        )
+    assert lease_left is not None
+    # The attempt's 2 s, and a few to record its outcome: not half a minute.
+    assert 2 <= lease_left.total_seconds() <= 7
+
+
 def test_in_simulator_mode_without_notify_secret_a_development_key_is_generated_and_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,15 +12,19 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.calls.models import Call, Leg, Notification
 from app.db import PROJECT_ROOT, create_engine, create_sessionmaker
+from bench.servers import free_port
 from tests.conftest import CALLBACK_SECRET, EXOTEL_ACCOUNT, WRITER_KEY
 from tests.jobs.conftest import NOTIFY_SECRET, Receiver, eventually
 
 CALLS = 200
+PROBE_PORTS = (free_port(), free_port())
 
 
 def worker_environment(database_url: str, data_dir: Path) -> dict[str, str]:
@@ -50,13 +54,14 @@ def workers(
     database_url: str, tmp_path: Path
 ) -> Iterator[list[tuple[subprocess.Popen[bytes], Path]]]:
     started = []
-    for index in range(2):
+    for index, port in enumerate(PROBE_PORTS):
         log_path = tmp_path / f"worker-{index}.log"
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker"],
                 cwd=PROJECT_ROOT,
-                env=worker_environment(database_url, tmp_path),
+                # Each worker's probes and metrics on a port of its own.
+                env={**worker_environment(database_url, tmp_path), "WORKER_PORT": str(port)},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
@@ -149,3 +154,30 @@ async def test_two_worker_processes_deliver_each_notification_once(
         assert delivered_here > 0, "both workers took part in the race"
         assert has_logged(path, "worker_stopped")
     assert await query(database_url, "SELECT DISTINCT attempts FROM notifications") == [(1,)]
+
+
+async def test_a_worker_serves_its_probes_and_metrics_on_its_own_port(
+    workers: list[tuple[subprocess.Popen[bytes], Path]],
+) -> None:
+    _, path = workers[0]
+    port = PROBE_PORTS[0]
+
+    async def started() -> bool:
+        return has_logged(path, "worker_started")
+
+    await eventually(started, timeout_s=30)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        health = await http.get("/healthz")
+        ready = await http.get("/readyz")
+        scraped = await http.get("/metrics")
+
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    families = {family.name for family in text_string_to_metric_families(scraped.text)}
+    # Its own counters (lookups, deliveries), and the fleet-wide gauges: exported here.
+    assert {
+        "callbridge_exotel_requests",
+        "callbridge_relay_failures",
+        "callbridge_reconcile_backlog",
+        "callbridge_relay_queue_depth",
+    } <= families

@@ -16,8 +16,9 @@ from fastapi import FastAPI
 from sqlalchemy import make_url
 
 from app.db import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, LOCK_TIMEOUT_S, DatabaseUnreachable
+from app.jobs.worker import probe_app
 from app.main import create_app
-from app.ops.service import READY_TIMEOUT_S
+from app.ops.service import READY_TIMEOUT_S, OpsService
 from tests.conftest import READER_KEY, WRITER_KEY, make_settings
 from tests.exotel_samples import connect_answer
 from tests.ops.conftest import PostgresProxy
@@ -26,12 +27,16 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
-async def proxied_client(
-    database_url: str, postgres_proxy: PostgresProxy
-) -> AsyncIterator[httpx.AsyncClient]:
+async def proxied_app(database_url: str, postgres_proxy: PostgresProxy) -> AsyncIterator[FastAPI]:
     app = create_app(make_settings(postgres_proxy.url(database_url)))
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def proxied_client(proxied_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    app = proxied_app
     async with (
-        app.router.lifespan_context(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://callbridge.test",
@@ -51,7 +56,7 @@ async def test_liveness_and_readiness(client: httpx.AsyncClient) -> None:
 
 
 async def test_during_an_outage_requests_answer_503_fast_and_liveness_holds(
-    proxied_client: httpx.AsyncClient, postgres_proxy: PostgresProxy
+    proxied_app: FastAPI, proxied_client: httpx.AsyncClient, postgres_proxy: PostgresProxy
 ) -> None:
     assert (await proxied_client.get("/calls")).status_code == 200
     await postgres_proxy.stop()
@@ -65,7 +70,13 @@ async def test_during_an_outage_requests_answer_503_fast_and_liveness_holds(
         assert response.headers["retry-after"] == "5"
         assert response.json()["type"].endswith("/database-unavailable")
     assert (await proxied_client.get("/healthz")).status_code == 200
-    metrics = (await proxied_client.get("/metrics")).text
+    assert (await proxied_client.get("/metrics")).status_code == 200
+    # A process running the jobs (the worker's probe server) says its gauges are unknown.
+    probes = probe_app(OpsService(proxied_app.state.sessions, exports_fleet_gauges=True))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=probes), base_url="http://worker.test"
+    ) as worker:
+        metrics = (await worker.get("/metrics")).text
     assert "callbridge_relay_queue_depth NaN" in metrics
 
 

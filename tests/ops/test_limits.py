@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,8 +10,8 @@ import respx
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.main import create_app
 from app.middleware import MAX_BODY_BYTES
-from app.ratelimit import RateLimiter
 from tests.conftest import make_settings
 from tests.exotel_samples import connect_answer
 
@@ -24,8 +23,11 @@ VALID = {"from": "+919876543210", "to": "09123456789"}
 def settings(database_url: str) -> Settings:
     return make_settings(
         database_url,
-        calls_per_minute_per_client=2,
-        api_keys="orders:orders-secret-0123456789abcdef0123456:write,billing:billing-secret-0123456789abcdef012345:write",
+        calls_per_minute_per_client=20,  # a burst of 2, then one every ~3 s
+        api_keys=(
+            "orders:orders-secret-0123456789abcdef0123456:write,"
+            "billing:billing-secret-0123456789abcdef012345:write"
+        ),
     )
 
 
@@ -58,15 +60,24 @@ async def test_a_client_over_its_calls_per_minute_gets_429_with_retry_after(
     assert reads.status_code == 200
 
 
-async def test_the_bucket_refills_at_the_configured_rate() -> None:
-    limiter = RateLimiter(per_minute=60)  # a place frees up every second
+async def test_replicas_share_each_clients_limit(
+    settings: Settings, exotel: respx.MockRouter
+) -> None:
+    placing(exotel)
+    orders = {"Authorization": "Bearer orders-secret-0123456789abcdef0123456"}
+    replicas = [create_app(settings), create_app(settings)]
+    async with (
+        replicas[0].router.lifespan_context(replicas[0]),
+        replicas[1].router.lifespan_context(replicas[1]),
+    ):
+        answers = []
+        for replica in [*replicas, *replicas]:
+            transport = httpx.ASGITransport(app=replica)
+            async with httpx.AsyncClient(transport=transport, base_url="http://cb.test") as http:
+                answers.append((await http.post("/calls", json=VALID, headers=orders)).status_code)
 
-    assert [await limiter.try_acquire("orders") for _ in range(60)] == [0] * 60
-    assert await limiter.try_acquire("orders") == 1
-    assert await limiter.try_acquire("billing") == 0
-    await asyncio.sleep(1.1)
-    assert await limiter.try_acquire("orders") == 0
-    assert await limiter.try_acquire("orders") == 1
+    # One bucket for the fleet: a burst of 2 in all, not 2 on each replica.
+    assert answers == [201, 201, 429, 429]
 
 
 @pytest.fixture

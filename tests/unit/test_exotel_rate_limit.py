@@ -1,15 +1,18 @@
-"""The outbound limit to Exotel refuses a burst it cannot send soon, instead of queueing it."""
+"""The Exotel client asks the fleet's limiter before every request, placing first."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 import respx
-from aiolimiter import AsyncLimiter
 
 from app.exotel.client import ConnectRequest, ExotelClient, ExotelRateLimited
+from app.limits.budget import LimitReached, Priority
 from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE, EXOTEL_CALLS
 from tests.exotel_samples import connect_answer
+from tests.limiters import Unlimited
 
 REQUEST = ConnectRequest(
     from_number="+919876543210",
@@ -19,19 +22,42 @@ REQUEST = ConnectRequest(
 )
 
 
+class Full:
+    """A limiter with no place for anyone within the time a caller may wait."""
+
+    async def acquire(self, priority: Priority) -> None:
+        raise LimitReached(retry_after_s=7)
+
+
 async def test_a_request_over_the_limit_is_not_sent_and_says_when_to_retry() -> None:
-    async with httpx.AsyncClient(base_url=EXOTEL_BASE) as http, respx.mock() as exotel:
+    async with (
+        httpx.AsyncClient(base_url=EXOTEL_BASE) as http,
+        respx.mock(assert_all_called=False) as exotel,
+    ):
         route = exotel.post(f"{EXOTEL_CALLS}/connect.json").respond(
             200, json=connect_answer("a" * 32)
         )
-        client = ExotelClient(
-            http, account_sid=EXOTEL_ACCOUNT, limiter=AsyncLimiter(2, 60), max_queue_s=0.2
-        )
+        client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=Full())
 
-        await client.connect(REQUEST)
-        await client.connect(REQUEST)
         with pytest.raises(ExotelRateLimited) as refused:
             await client.connect(REQUEST)
 
-    assert route.call_count == 2
-    assert refused.value.retry_after_s == 30
+    assert route.call_count == 0
+    assert refused.value.retry_after_s == 7
+
+
+async def test_placing_asks_with_placing_priority_and_lookups_as_background_work() -> None:
+    sid = "a" * 32
+    limiter = Unlimited()
+    async with httpx.AsyncClient(base_url=EXOTEL_BASE) as http, respx.mock() as exotel:
+        exotel.post(f"{EXOTEL_CALLS}/connect.json").respond(200, json=connect_answer(sid))
+        exotel.get(f"{EXOTEL_CALLS}/{sid}.json").respond(200, json=connect_answer(sid))
+        exotel.get(f"{EXOTEL_CALLS}.json").respond(200, json={"Metadata": {}, "Calls": []})
+        client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=limiter)
+
+        await client.connect(REQUEST)
+        await client.call_details(sid)
+        now = datetime.now(UTC)
+        await client.find_calls(to_number=REQUEST.to_number, created_after=now, created_before=now)
+
+    assert limiter.asked == [Priority.PLACING, Priority.BACKGROUND, Priority.BACKGROUND]

@@ -1,0 +1,167 @@
+"""GCRA buckets in Postgres, shared by every process: one row per limited thing.
+
+Every process reserves places on the same row, with the database's clock, so the
+fleet as a whole keeps the budget however many processes it has. A reservation is one
+statement (one round trip, one row lock held for microseconds): at full Exotel rate
+that is about three writes a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import DateTime, String, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+from app.limits.budget import Budget, LimitReached, Priority
+
+# A refusal's wait is a hint read from the statement's snapshot; never poll faster than this.
+MIN_POLL_S = 0.01
+
+
+class RateLimitBucket(Base):
+    """One GCRA bucket: `tat` is when the bucket is next empty (see app/limits/budget.py)."""
+
+    __tablename__ = "rate_limit_buckets"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tat: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# Reserve a place at most :max_wait ahead, or say how long until one is free. A new
+# bucket is empty, so its first request always goes. When the update is refused, the
+# second branch reads the row as the statement found it: the wait it gives is a hint.
+# clock_timestamp(), not now(): a statement that queued on the row lock must see the
+# time it got the lock, not the time its transaction began.
+_RESERVE = text(
+    """
+    WITH reserved AS (
+        INSERT INTO rate_limit_buckets AS bucket (key, tat)
+        VALUES (:key, clock_timestamp() + :interval)
+        ON CONFLICT (key) DO UPDATE
+            SET tat = greatest(bucket.tat, clock_timestamp()) + :interval
+            WHERE greatest(bucket.tat, clock_timestamp()) + :interval - :tolerance
+                  <= clock_timestamp() + :max_wait
+        RETURNING bucket.tat
+    )
+    SELECT true AS granted,
+           extract(epoch FROM tat - :tolerance - clock_timestamp())::float8 AS wait_s
+    FROM reserved
+    UNION ALL
+    SELECT false,
+           extract(epoch FROM greatest(tat, clock_timestamp()) + :interval - :tolerance
+                              - clock_timestamp())::float8
+    FROM rate_limit_buckets
+    WHERE key = :key AND NOT EXISTS (SELECT FROM reserved)
+    """
+)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """`granted`: the place is ours from `wait_s` seconds on (now, if <= 0). Refused:
+    a place would be free in about `wait_s` seconds."""
+
+    granted: bool
+    wait_s: float
+
+
+class Buckets:
+    """GCRA buckets in the `rate_limit_buckets` table, under one budget."""
+
+    def __init__(self, engine: AsyncEngine, budget: Budget) -> None:
+        # Autocommit: a reservation is one statement, with no BEGIN and COMMIT around it.
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.budget = budget
+
+    async def reserve(
+        self, key: str, priority: Priority, *, max_wait: timedelta = timedelta(0)
+    ) -> Reservation:
+        """Take the next place in bucket `key` if it comes within `max_wait`."""
+        params = {
+            "key": key,
+            "interval": self.budget.interval,
+            "tolerance": self.budget.tolerance(priority),
+            "max_wait": max_wait,
+        }
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(_RESERVE, params)).one_or_none()
+        if row is None:
+            # The bucket was created after this statement's snapshot: try again soon.
+            return Reservation(granted=False, wait_s=self.budget.interval.total_seconds())
+        return Reservation(granted=row.granted, wait_s=row.wait_s)
+
+
+class FleetLimiter:
+    """The limit on requests to one Exotel account, shared by the fleet.
+
+    Placing a call reserves the next place if it comes within `max_wait_s` (one round
+    trip) and sleeps until then. Background work takes a place only while the bucket
+    has room to spare for placing (Budget.background_burst), polling for up to
+    `max_wait_s`. Either way, past `max_wait_s` the request is refused: better to say at
+    once that nothing was sent, and when to retry, than to queue callers for minutes.
+    """
+
+    def __init__(self, buckets: Buckets, key: str, *, max_wait_s: float) -> None:
+        self._buckets = buckets
+        self._key = key
+        self._max_wait_s = max_wait_s
+
+    async def acquire(self, priority: Priority) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_wait_s
+        while True:
+            left_s = max(0.0, deadline - loop.time())
+            may_queue = timedelta(seconds=left_s if priority is Priority.PLACING else 0)
+            reservation = await self._buckets.reserve(self._key, priority, max_wait=may_queue)
+            if reservation.granted:
+                if reservation.wait_s > 0:
+                    await asyncio.sleep(reservation.wait_s)
+                return
+            if priority is Priority.PLACING or reservation.wait_s > left_s:
+                raise LimitReached(retry_after_s=max(1, math.ceil(reservation.wait_s - left_s)))
+            await asyncio.sleep(max(reservation.wait_s, MIN_POLL_S))
+
+
+class ClientLimiter:
+    """A limit per key (an API client) that never waits: a place now, or when to retry."""
+
+    def __init__(self, buckets: Buckets, prefix: str) -> None:
+        self._buckets = buckets
+        self._prefix = prefix
+
+    @property
+    def per_minute(self) -> int:
+        return self._buckets.budget.limit
+
+    async def try_acquire(self, name: str) -> int:
+        """Take a place now: 0 if there was one, else whole seconds until there is."""
+        reservation = await self._buckets.reserve(f"{self._prefix}:{name}", Priority.PLACING)
+        return 0 if reservation.granted else max(1, math.ceil(reservation.wait_s))
+
+
+# How long placing a call may wait for a place under EXOTEL_REQUESTS_PER_MINUTE.
+MAX_QUEUE_S = 5.0
+# A request leaves for Exotel within this long of its place (a pooled connection is
+# ready, or one is opened): places are counted against the budget over a minute plus this.
+EXOTEL_SEND_SLACK = timedelta(seconds=2)
+# A call is counted against its client when accepted, before its row is written.
+CLIENT_SLACK = timedelta(seconds=1)
+
+
+def exotel_limiter(engine: AsyncEngine, account_sid: str, per_minute: int) -> FleetLimiter:
+    """The fleet's limiter for one Exotel account: no minute holds more than `per_minute`."""
+    budget = Budget.keeping(per_minute, send_slack=EXOTEL_SEND_SLACK)
+    return FleetLimiter(Buckets(engine, budget), f"exotel:{account_sid}", max_wait_s=MAX_QUEUE_S)
+
+
+def client_limiter(engine: AsyncEngine, per_minute: int) -> ClientLimiter:
+    """The fleet's limit on POST /calls per API client."""
+    return ClientLimiter(
+        Buckets(engine, Budget.keeping(per_minute, send_slack=CLIENT_SLACK)), "calls"
+    )
