@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import respx
-from aiolimiter import AsyncLimiter
 from sqlalchemy import select, text
 
 from app.calls.models import Notification
@@ -24,6 +23,7 @@ from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE, make_settings
 from tests.exotel_samples import connect_answer
 from tests.jobs.conftest import FAST_JOBS, AppFactory, Receiver, RunningApp
 from tests.jobs.test_relay import FINISHED, apply, place
+from tests.limiters import Unlimited
 
 # Year 0 once in UTC: Postgres stores it, the driver cannot read it back.
 POISON = text("UPDATE calls SET end_time = '0001-01-01 00:00:00+05:30' WHERE id = :id")
@@ -86,7 +86,7 @@ async def test_an_unreadable_call_does_not_stop_the_reconciler(
     async with build_http_client(
         EXOTEL_BASE, api_key="exotel-key", api_token="exotel-token", timeout_s=1
     ) as http:
-        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=AsyncLimiter(100, 1))
+        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=Unlimited())
         reconciler = Reconciler(
             running.app.state.sessions, exotel_client, running.app.state.settings
         )
