@@ -187,6 +187,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             reconcile_after=timedelta(seconds=settings.reconcile_after_s),
             details_after=settings.details_after,
         )
+        # Runs before the engine is disposed: answers from Exotel still being stored.
+        stack.push_async_callback(app.state.calls.finish_storing)
         if settings.run_jobs:
             await stack.enter_async_context(running_jobs(settings, sessions, exotel))
         log.info("callbridge_started", live=settings.live)

@@ -50,7 +50,8 @@ CALLBACKS = Counter(
 )
 CALLBACKS_APPLIED = Counter(
     "callbridge_callbacks_applied_total",
-    "Stored callbacks the applier processed, by outcome (applied: it changed the call).",
+    "Stored callbacks the applier processed, by outcome (applied: it changed the call;"
+    " conflicting: it named a terminal status other than the finished call's, not applied).",
     ["outcome"],
 )
 CALLBACK_APPLY_LAG = Histogram(

@@ -156,6 +156,10 @@ PLACE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "The body is larger than 64 KiB",
         Problem(413, "body-too-large", "The request body may not exceed 65536 bytes"),
     ),
+    415: problem_response(
+        "The body is not JSON",
+        Problem(415, "unsupported-media-type", "The body must be JSON (application/json)"),
+    ),
     422: problem_response(
         "Invalid request, an Idempotency-Key reused with another body, or Exotel refused "
         "the call (bad number, DND/NDNC, KYC); nothing was placed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
@@ -28,7 +28,7 @@ from app.calls.schemas import (
     PhoneNumberText,
 )
 from app.calls.service import CallFilters, CallService
-from app.errors import PROBLEM_CONTENT_TYPE, validation_problem
+from app.errors import PROBLEM_CONTENT_TYPE, Problem, validation_problem
 from app.notify_targets import notify_url_refusal
 from app.ratelimit import LimitedWriter
 
@@ -41,6 +41,19 @@ CallRef = Annotated[
 def _service(request: Request) -> CallService:
     service: CallService = request.app.state.calls
     return service
+
+
+def _json_body(request: Request) -> None:
+    """Refuse a body not sent as JSON (415), before it is validated as one (422).
+
+    FastAPI reads a body as JSON only when its Content-Type says so; without one too,
+    the body could never be read.
+    """
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.partition(";")[0].strip().lower()
+    main_type, _, subtype = media_type.partition("/")
+    if main_type != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        raise Problem(415, "unsupported-media-type", "The body must be JSON (application/json)")
 
 
 def _json(model: BaseModel) -> Response:
@@ -59,6 +72,7 @@ async def place_call(
     body: Annotated[CallCreate, Body(openapi_examples=PLACE_EXAMPLES)],
     request: Request,
     client: LimitedWriter,
+    _: Annotated[None, Depends(_json_body)],
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,7 +37,7 @@ from app.calls.state import APPLIED_COLUMNS, CallState, LegState
 from app.calls.store import call_events, call_legs, calls
 from app.calls.tokens import CallbackTokens
 from app.config import ApiClient
-from app.errors import Problem, validation_problem
+from app.errors import DATABASE_DOWN_ERRORS, Problem, validation_problem
 from app.exotel.client import (
     ConnectRequest,
     ExotelAuthFailed,
@@ -56,6 +58,16 @@ UNKNOWN_GRACE = timedelta(seconds=30)
 # outbound limit), so a call still `pending` this long after its row was committed was
 # left by a process that died while asking Exotel.
 STALE_PENDING = timedelta(minutes=2)
+# When the database fails just as Exotel's answer is to be stored, the answer is kept and
+# storing it retried in the background: POST /calls waits this long for it (then answers
+# 504 with the call's id, never "503, retry", as the phone may be ringing), and retrying
+# goes on this long. Should it never succeed, the row stays `pending` and the reconciler
+# finds the call by its numbers (STALE_PENDING).
+STORE_ANSWER_WAIT_S = 3.0
+STORE_ANSWER_RETRY_S = 60.0
+STORE_ANSWER_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+# At shutdown, how long in-flight retries may go on before they are given up.
+STORE_ANSWER_SHUTDOWN_S = 5.0
 # Our snake_case option values, as Exotel spells them.
 EXOTEL_VALUES = {
     "callee": "Callee",
@@ -156,6 +168,17 @@ class CallService:
         self._default_country = default_country
         self._reconcile_after = reconcile_after
         self._details_after = details_after
+        # Exotel answers still being stored after their request was answered.
+        self._storing: set[asyncio.Task[Answer]] = set()
+
+    async def finish_storing(self) -> None:
+        """At shutdown: give answers still being stored a last moment, then give them up."""
+        if not self._storing:
+            return
+        _, unfinished = await asyncio.wait(self._storing, timeout=STORE_ANSWER_SHUTDOWN_S)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
 
     # -- placing -------------------------------------------------------------------
 
@@ -308,13 +331,67 @@ class CallService:
             stream_url=values["stream_url"],
             stream_begin=EXOTEL_VALUES.get(values["stream_begin"] or ""),
         )
+        pending = new.state
         try:
             exotel_call = await self._exotel.connect(request)
         except ExotelError as exc:
-            return await self._record_failure(new.state, exc)
-        answer = await self._record_placed(new.state, exotel_call)
-        log.info("call_placed", call_id=str(new.state.id), sid=exotel_call.sid)
+            if isinstance(exc, ExotelOutcomeUnknown):
+                if_not_stored = self._unknown_answer(pending)
+            else:
+                # Not placed, whatever the database says: the answer stands; the row,
+                # if it stays `pending`, is settled by the reconciler.
+                if_not_stored = self._failure_answer(pending, exc)
+            return await self._store_answer(
+                pending, functools.partial(self._record_failure, pending, exc), if_not_stored
+            )
+        answer = await self._store_answer(
+            pending,
+            functools.partial(self._record_placed, pending, exotel_call),
+            self._unknown_answer(pending, stored=False),
+        )
+        log.info("call_placed", call_id=str(pending.id), sid=exotel_call.sid)
         return answer
+
+    async def _store_answer(
+        self, pending: CallState, store: Callable[[], Awaitable[Answer]], if_not_stored: Answer
+    ) -> Answer:
+        """Store Exotel's answer; if the database fails, keep retrying in the background.
+
+        Answers what `store` answers if it succeeds within STORE_ANSWER_WAIT_S, else
+        `if_not_stored`. Only the database being away is retried: anything else is a bug,
+        and raised.
+        """
+        try:
+            return await store()
+        except DATABASE_DOWN_ERRORS as exc:
+            log.warning("call_answer_not_stored", call_id=str(pending.id), error=type(exc).__name__)
+        retrying = asyncio.create_task(self._retry_storing(pending, store))
+        self._storing.add(retrying)
+        retrying.add_done_callback(self._storing.discard)
+        try:
+            return await asyncio.wait_for(asyncio.shield(retrying), STORE_ANSWER_WAIT_S)
+        except (TimeoutError, *DATABASE_DOWN_ERRORS):
+            return if_not_stored
+
+    @staticmethod
+    async def _retry_storing(pending: CallState, store: Callable[[], Awaitable[Answer]]) -> Answer:
+        call_id = str(pending.id)
+        deadline = asyncio.get_running_loop().time() + STORE_ANSWER_RETRY_S
+        attempt = 0
+        while True:
+            pause_s = STORE_ANSWER_BACKOFF_S[min(attempt, len(STORE_ANSWER_BACKOFF_S) - 1)]
+            attempt += 1
+            await asyncio.sleep(pause_s)
+            try:
+                answer = await store()
+            except DATABASE_DOWN_ERRORS as exc:
+                if asyncio.get_running_loop().time() + pause_s >= deadline:
+                    # The row stays `pending`: the reconciler will find the call at Exotel.
+                    log.error("call_answer_lost", call_id=call_id, error=type(exc).__name__)
+                    raise
+                continue
+            log.info("call_answer_stored", call_id=call_id, attempts=attempt + 1)
+            return answer
 
     async def _record_placed(self, pending: CallState, exotel_call: ExotelCall) -> Answer:
         """Apply Exotel's answer and keep the answer for replays: 1 round trip, normally.
@@ -434,12 +511,17 @@ class CallService:
             problem = Problem(502, "exotel-unavailable", exc.message, extra=extra)
         return Answer(problem.status, problem.body(), problem.headers)
 
-    def _unknown_answer(self, call: CallState) -> Answer:
+    def _unknown_answer(self, call: CallState, *, stored: bool = True) -> Answer:
+        why = (
+            "Exotel did not answer in time; the call may or may not have been placed."
+            if stored
+            else "Exotel answered, but its answer could not be stored yet (the database is "
+            "unavailable); the call may have been placed."
+        )
         problem = Problem(
             504,
             "exotel-outcome-unknown",
-            "Exotel did not answer in time; the call may or may not have been placed. "
-            "Do not retry with a new key: read the call by its id until it is settled.",
+            f"{why} Do not retry with a new key: read the call by its id until it is settled.",
             extra={"id": str(call.id), "call_status": call.status},
         )
         return Answer(problem.status, problem.body(), {"Location": call_location(call)})

@@ -69,7 +69,8 @@ class _Claimed:
     url: str
     attempt: int
     queued_at: datetime
-    body: str
+    # None if the call could not be read or rendered.
+    body: str | None
 
 
 class Relay:
@@ -125,10 +126,7 @@ class Relay:
                 row.attempts += 1
                 row.next_attempt_at = lease_end
             await session.flush()
-            found = await session.execute(
-                store.call_query().where(store.calls.c.id.in_([r.call_id for r in rows]))
-            )
-            resources = {row.id: CallService.resource(store.state_from_row(row)) for row in found}
+            resources = await _resources(session, [row.call_id for row in rows])
         return [
             _Claimed(
                 id=row.id,
@@ -137,32 +135,38 @@ class Relay:
                 url=row.url,
                 attempt=row.attempts,
                 queued_at=row.created_at,
-                body=_body(row.event_type, row.created_at, resources[row.call_id]),
+                body=_body(row.event_type, row.created_at, resources[row.call_id])
+                if row.call_id in resources
+                else None,
             )
             for row in rows
         ]
 
     async def _attempt(self, item: _Claimed) -> None:
+        if item.body is None:
+            # Counted as a failed attempt: retried (the row may be mended), then dead.
+            await self._record(item, "unreadable call")
+            return
         try:
-            error = await self._post(item)
+            error = await self._post(item, item.body)
         except asyncio.CancelledError:
             await asyncio.shield(self._release(item))
             raise
         await self._record(item, error)
 
-    async def _post(self, item: _Claimed) -> str | None:
+    async def _post(self, item: _Claimed, body: str) -> str | None:
         """POST the notification once; None if the receiver took it, else why not."""
         now = datetime.now(UTC)
         headers = {
             "content-type": "application/json",
             "webhook-id": item.id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self._webhook.sign(item.id, now, item.body),
+            "webhook-signature": self._webhook.sign(item.id, now, body),
         }
         try:
             # httpx's timeout bounds each read or write; this bounds the whole attempt.
             async with asyncio.timeout(self._timeout_s):
-                return await self._send(item.url, item.body, headers)
+                return await self._send(item.url, body, headers)
         except (TimeoutError, httpx.TimeoutException):
             return "Timed out"
         except RefusedAddress:
@@ -239,6 +243,30 @@ class Relay:
     def _retry_in_s(self, attempt: int) -> float:
         ceiling = min(self._first_retry_s * 2 ** min(attempt - 1, 32), MAX_BACKOFF_S)
         return _jitter.uniform(ceiling / 2, ceiling)
+
+
+async def _resources(
+    session: AsyncSession, call_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, object]]:
+    """The calls as resources, in one statement; should a row fail to be read or
+    rendered, one call at a time, leaving that one out: it must not hold up the others."""
+
+    async def read(ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, object]]:
+        async with session.begin_nested():
+            found = await session.execute(store.call_query().where(store.calls.c.id.in_(ids)))
+            return {row.id: CallService.resource(store.state_from_row(row)) for row in found}
+
+    try:
+        return await read(call_ids)
+    except Exception:
+        log.exception("notification_calls_unreadable", calls=len(call_ids))
+    resources: dict[uuid.UUID, dict[str, object]] = {}
+    for call_id in call_ids:
+        try:
+            resources |= await read([call_id])
+        except Exception:
+            log.exception("notification_call_unreadable", call_id=str(call_id))
+    return resources
 
 
 def _still_ours(item: _Claimed) -> tuple[ColumnElement[bool], ...]:
