@@ -13,6 +13,7 @@ import binascii
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -321,6 +322,11 @@ class Settings(BaseSettings):
     def live(self) -> bool:
         """True when real Exotel credentials are configured; otherwise calls are simulated."""
         return bool(self.exotel_account_sid and self.exotel_api_key and self.exotel_api_token)
+
+    @property
+    def details_after(self) -> timedelta:
+        """How long after a call's end its figures are first looked for (DETAILS_AFTER_S)."""
+        return timedelta(seconds=self.details_after_s)
 
     @property
     def json_logs(self) -> bool:

@@ -175,7 +175,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The applier's own connection: it never queues behind requests for one of theirs.
         applier_engine = create_engine(database_url, pool_size=1)
         stack.push_async_callback(applier_engine.dispose)
-        await stack.enter_async_context(running_applier(applier_engine))
+        await stack.enter_async_context(
+            running_applier(applier_engine, details_after=settings.details_after)
+        )
         # This process's claims on the work it does (app/claims.py), on a connection of
         # their own, outside the request pool: released together when the process stops,
         # or by Postgres when it dies.
@@ -194,7 +196,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             default_caller_id=settings.exotel_caller_id,
             default_country=settings.default_country,
             reconcile_after=timedelta(seconds=settings.reconcile_after_s),
+            details_after=settings.details_after,
         )
+        # Runs before the engine is disposed: answers from Exotel still being stored.
+        stack.push_async_callback(app.state.calls.finish_storing)
         if settings.run_jobs:
             await stack.enter_async_context(running_jobs(settings, sessions, exotel, claims))
         log.info("callbridge_started", live=settings.live)

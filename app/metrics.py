@@ -50,7 +50,8 @@ CALLBACKS = Counter(
 )
 CALLBACKS_APPLIED = Counter(
     "callbridge_callbacks_applied_total",
-    "Stored callbacks the applier processed, by outcome (applied: it changed the call).",
+    "Stored callbacks the applier processed, by outcome (applied: it changed the call;"
+    " conflicting: it named a terminal status other than the finished call's, not applied).",
     ["outcome"],
 )
 CALLBACK_APPLY_LAG = Histogram(
@@ -68,7 +69,7 @@ FLEET = CollectorRegistry()
 
 RELAY_QUEUE_DEPTH = Gauge(
     "callbridge_relay_queue_depth",
-    "Finished-call notifications waiting to be delivered to their notify_url"
+    "Notifications (call.finished, call.updated) waiting to be delivered to their notify_url"
     " (fleet-wide: aggregate with max()).",
     registry=FLEET,
 )
@@ -92,6 +93,12 @@ RECONCILE_OUTCOMES = Counter(
     ["outcome"],
 )
 
+DETAILS_OUTCOMES = Counter(
+    "callbridge_details_outcomes_total",
+    "Finished calls looked up for the figures Exotel fills in later (price, duration), by "
+    "outcome (waiting: not there yet; gave_up: never came).",
+    ["outcome"],
+)
 RATE_LIMITED = Counter(
     "callbridge_rate_limited_total",
     "POST /calls requests refused with 429, by API client.",

@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import structlog
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.callbacks.service import CALLBACKS_CHANNEL
@@ -53,8 +54,9 @@ WAITING = events.c.processed_at.is_(None)
 
 
 class CallbackApplier:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, details_after: timedelta) -> None:
         self._engine = engine
+        self._details_after = details_after
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
@@ -104,7 +106,7 @@ class CallbackApplier:
             async with self._engine.begin() as conn:
                 return await self._apply(conn, WAITING)
         except (DataError, IntegrityError) as exc:
-            log.warning("callback_batch_refused", reason=str(exc.orig))
+            log.warning("callback_batch_refused", reason=_refusal(exc))
             return await self._apply_one_at_a_time()
 
     async def _apply_one_at_a_time(self) -> int:
@@ -119,9 +121,7 @@ class CallbackApplier:
                 async with self._engine.begin() as conn:
                     await self._apply(conn, WAITING & (events.c.id == event_id))
             except (DataError, IntegrityError) as exc:
-                # The database's own message only: SQLAlchemy's would show the statement's
-                # parameters, and with them the legs' phone numbers.
-                log.error("callback_not_applied", event_id=event_id, reason=str(exc.orig))
+                log.error("callback_not_applied", event_id=event_id, reason=_refusal(exc))
                 async with self._engine.begin() as conn:
                     await conn.execute(
                         events.update()
@@ -152,17 +152,32 @@ class CallbackApplier:
         statuses_before = {call_id: call.status for call_id, call in calls.items()}
         changed_calls: set[uuid.UUID] = set()
         changed_events: list[int] = []
+        outcomes: Counter[str] = Counter()
         for row in rows:
             call = calls[row.call_id]
-            if await _apply_event(call, row.raw_body, row.content_type):
+            applied = await _apply_event(call, row.raw_body, row.content_type)
+            outcome = "unchanged"
+            if applied is not None and applied.changed:
                 changed_calls.add(call.id)
                 changed_events.append(row.id)
+                outcome = "applied"
+            if applied is not None and applied.conflicting:
+                # Counted as such even if it filled a gap (a price, say).
+                outcome = "conflicting"
+                log.warning(
+                    "callback_conflicting_status",
+                    call_id=str(call.id),
+                    event_id=row.id,
+                    status=call.status,
+                )
+            outcomes[outcome] += 1
         await store.save_applied(
             conn,
             [
                 (call, _applied(statuses_before[call.id], call, call.id in changed_calls))
                 for call in calls.values()
             ],
+            details_after=self._details_after,
         )
         await conn.execute(
             events.update()
@@ -174,29 +189,38 @@ class CallbackApplier:
                 applied=store.ids_in(events.c.id, changed_events),
             )
         )
-        _observe(rows, len(changed_events))
+        _observe(rows, outcomes)
         return len(rows)
 
 
-async def _apply_event(call: CallState, raw_body: bytes, content_type: str | None) -> bool:
-    """Apply one stored callback to its call; True if it changed it."""
+async def _apply_event(
+    call: CallState, raw_body: bytes, content_type: str | None
+) -> Applied | None:
+    """Apply one stored callback to its call; None if it cannot be read."""
     try:
         callback = await parse_callback(raw_body, content_type)
     except CallbackError:
-        return False  # the parser changed since it was stored, and now refuses it
-    return apply_update(call, callback.to_update()).changed
+        return None  # the parser changed since it was stored, and now refuses it
+    return apply_update(call, callback.to_update())
+
+
+def _refusal(exc: DBAPIError) -> str:
+    """Why the database refused, without what: SQLAlchemy's message shows the statement's
+    parameters, and the database's DETAIL quotes the row, the legs' phone numbers with it."""
+    primary = getattr(getattr(exc.orig, "diag", None), "message_primary", None)
+    return primary if isinstance(primary, str) else type(exc.orig).__name__
 
 
 def _applied(status_before: str, call: CallState, changed: bool) -> Applied:
     return Applied(changed=changed, previous_status=status_before, status=call.status)
 
 
-def _observe(rows: Sequence[object], changed: int) -> None:
+def _observe(rows: Sequence[object], outcomes: Counter[str]) -> None:
     now = datetime.now(UTC)
     for row in rows:
         CALLBACK_APPLY_LAG.observe((now - row.received_at).total_seconds())  # type: ignore[attr-defined]
-    CALLBACKS_APPLIED.labels("applied").inc(changed)
-    CALLBACKS_APPLIED.labels("unchanged").inc(len(rows) - changed)
+    for outcome in ("applied", "conflicting", "unchanged"):
+        CALLBACKS_APPLIED.labels(outcome).inc(outcomes[outcome])
 
 
 async def _set_when(condition: asyncio.Event, wake: asyncio.Event) -> None:
@@ -205,9 +229,11 @@ async def _set_when(condition: asyncio.Event, wake: asyncio.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_applier(engine: AsyncEngine) -> AsyncIterator[CallbackApplier]:
+async def running_applier(
+    engine: AsyncEngine, *, details_after: timedelta
+) -> AsyncIterator[CallbackApplier]:
     """Run the applier while the context is open; on exit, finish the batch in hand."""
-    applier = CallbackApplier(engine)
+    applier = CallbackApplier(engine, details_after=details_after)
     stopping = asyncio.Event()
     task = asyncio.create_task(applier.run(stopping), name="callback-applier")
     try:

@@ -4,8 +4,14 @@ Connect answers, status callbacks and reconciliation all come through `apply_upd
 so the rules hold whatever order Exotel's messages arrive in:
 - a duplicate changes nothing;
 - a terminal status is never replaced by a non-terminal one, and always replaces one;
+- the first terminal status stands: a message with another one (whatever its
+  `DateUpdated`) contradicts what was already relayed as the call's end; it is taken
+  as stale (it may still fill gaps, such as a price the first did not have) and flagged
+  `conflicting`, for the caller to count;
 - otherwise the newest `DateUpdated` wins: an older ("stale") message only fills gaps,
   and says nothing about statuses, the call's or its legs', which it knew before ours;
+- a call never ends before it starts: times that would make `end_time` earlier than
+  `start_time` are not applied;
 - an empty value never erases a stored one;
 - legs are matched by their index;
 - a call Exotel has named (it has a Sid) was placed: it keeps no `error`.
@@ -14,6 +20,7 @@ so the rules hold whatever order Exotel's messages arrive in:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from app.calls.state import CallState, LegState
@@ -25,6 +32,8 @@ class Applied:
     changed: bool
     previous_status: str
     status: str
+    # A terminal status other than the call's own: not applied.
+    conflicting: bool = False
 
     @property
     def became_terminal(self) -> bool:
@@ -43,7 +52,7 @@ def _is_stale(call: CallState, update: CallUpdate) -> bool:
     if call.exotel_updated_at is None:
         return False
     if update.date_updated is None:
-        # Between two outcomes, only a dated one can show it is the newer.
+        # Between two reports of the outcome, only a dated one can show it is the newer.
         return update.is_terminal
     return update.date_updated < call.exotel_updated_at
 
@@ -66,7 +75,8 @@ class _Writer:
 def apply_update(call: CallState, update: CallUpdate) -> Applied:
     """Merge `update` into `call` and say what changed."""
     previous_status = call.status
-    writer = _Writer(stale=_is_stale(call, update))
+    conflicting = is_terminal(call.status) and update.is_terminal and update.status != call.status
+    writer = _Writer(stale=conflicting or _is_stale(call, update))
 
     if call.sid is None:
         writer.put(call, "sid", update.sid)
@@ -82,9 +92,10 @@ def apply_update(call: CallState, update: CallUpdate) -> Applied:
     if not writer.stale:
         writer.put(call, "status", update.status)
         writer.put(call, "exotel_updated_at", update.date_updated)
+    if _times_agree(call, update, writer.stale):
+        writer.put(call, "start_time", update.start_time)
+        writer.put(call, "end_time", update.end_time)
     for attribute in (
-        "start_time",
-        "end_time",
         "duration",
         "conversation_duration",
         "price",
@@ -109,7 +120,25 @@ def apply_update(call: CallState, update: CallUpdate) -> Applied:
         writer.put(leg, "on_call_duration", leg_update.on_call_duration)
         writer.put(leg, "answered_by", leg_update.answered_by)
 
-    return Applied(changed=writer.changed, previous_status=previous_status, status=call.status)
+    return Applied(
+        changed=writer.changed,
+        previous_status=previous_status,
+        status=call.status,
+        conflicting=conflicting,
+    )
+
+
+def _times_agree(call: CallState, update: CallUpdate, stale: bool) -> bool:
+    """Whether the call, with this update's times applied, would start before it ends."""
+
+    def after_applying(current: datetime | None, said: datetime | None) -> datetime | None:
+        if said is None or (stale and current is not None):
+            return current
+        return said
+
+    start = after_applying(call.start_time, update.start_time)
+    end = after_applying(call.end_time, update.end_time)
+    return start is None or end is None or start <= end
 
 
 def _leg_number(call: CallState, index: int) -> str | None:

@@ -1,4 +1,4 @@
-"""Tables: calls, their legs, the events received for them, and finished-call notifications.
+"""Tables: calls, their legs, the events received for them, and notifications about calls.
 
 The hot paths and the reads use these tables through SQLAlchemy Core (app/calls/store.py);
 the mapped classes serve the jobs' bookkeeping, the tests and Alembic.
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -86,6 +87,10 @@ class Call(Base):
     # Reconciliation bookkeeping.
     reconcile_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_reconcile_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The figures Exotel fills in after the end (app/jobs/details.py): when to look next
+    # (null: no look wanted), and how many looks went without them.
+    details_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    details_looks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), default=func.now()
@@ -111,6 +116,11 @@ class Call(Base):
             "ix_calls_next_reconcile_at",
             "next_reconcile_at",
             postgresql_where=text("next_reconcile_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_calls_details_next_at",
+            "details_next_at",
+            postgresql_where=text("details_next_at IS NOT NULL"),
         ),
     )
 
@@ -161,13 +171,15 @@ class CallEvent(Base):
 
 
 class Notification(Base):
-    """Outbox of `call.finished` deliveries to a call's notify_url: one per call."""
+    """Outbox of deliveries to a call's notify_url: one per call and event type,
+    `call.finished` when it ends, `call.updated` when its figures arrive."""
 
     __tablename__ = "notifications"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    call_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("calls.id", ondelete="CASCADE"), unique=True
+    call_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(
+        String(32), default="call.finished", server_default="call.finished"
     )
     url: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
@@ -182,6 +194,7 @@ class Notification(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
+        UniqueConstraint("call_id", "event_type", name="uq_notifications_call_id_event_type"),
         Index(
             "ix_notifications_pending_next_attempt_at",
             "next_attempt_at",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.calls.recording import no_recording
 from app.errors import SERVER_PROBLEMS, Problem, database_unavailable, problem_response
 from app.ratelimit import RATE_LIMITED_RESPONSE
 
@@ -24,17 +25,18 @@ CALL_EXAMPLE: dict[str, Any] = {
     "direction": "outbound-api",
     "custom_field": "order-1234",
     "created_at": "2026-11-26T10:00:00Z",
-    "updated_at": "2026-11-26T10:01:02Z",
+    # Once Exotel's figures (price, duration) are in, some minutes after the end.
+    "updated_at": "2026-11-26T10:03:35Z",
     "start_time": "2026-11-26T10:00:01Z",
-    "end_time": "2026-11-26T10:01:01Z",
-    "duration": 60,
-    "conversation_duration": 41,
+    "end_time": "2026-11-26T10:00:32Z",
+    "duration": 31,
+    "conversation_duration": 22,
     "price": 1.5,
     "recording_url": None,
-    "answered_by": None,
+    "answered_by": "human",
     "legs": [
-        {"leg": 0, "number": "+919876543210", "status": "completed", "on_call_duration": 52},
-        {"leg": 1, "number": "+919123456789", "status": "completed", "on_call_duration": 41},
+        {"leg": 0, "number": "+919876543210", "status": "completed", "on_call_duration": 28},
+        {"leg": 1, "number": "+919123456789", "status": "completed", "on_call_duration": 22},
     ],
     "error": None,
     "notify": None,
@@ -46,6 +48,7 @@ PLACED_EXAMPLE = CALL_EXAMPLE | {
     "duration": None,
     "conversation_duration": None,
     "price": None,
+    "answered_by": None,
     "legs": [
         {"leg": 0, "number": "+919876543210", "status": None, "on_call_duration": None},
         {"leg": 1, "number": "+919123456789", "status": None, "on_call_duration": None},
@@ -153,6 +156,10 @@ PLACE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "The body is larger than 64 KiB",
         Problem(413, "body-too-large", "The request body may not exceed 65536 bytes"),
     ),
+    415: problem_response(
+        "The body is not JSON",
+        Problem(415, "unsupported-media-type", "The body must be JSON (application/json)"),
+    ),
     422: problem_response(
         "Invalid request, an Idempotency-Key reused with another body, or Exotel refused "
         "the call (bad number, DND/NDNC, KYC); nothing was placed",
@@ -221,6 +228,45 @@ LIST_RESPONSES = {
     **_READ_PROBLEMS,
 }
 READ_RESPONSES = {200: _ok("The call", CALL_EXAMPLE), 404: NOT_FOUND, **_READ_PROBLEMS}
+_AUDIO = {
+    media_type: {
+        "schema": {"type": "string", "format": "binary"},
+        "example": "<the recording's bytes>",
+    }
+    for media_type in ("audio/wav", "audio/mpeg")
+}
+RECORDING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The whole recording, as Exotel serves it (WAV or MP3)",
+        "content": _AUDIO,
+        "headers": {"Accept-Ranges": {"description": "`bytes`", "schema": {"type": "string"}}},
+    },
+    206: {
+        "description": "The bytes asked for with `Range`",
+        "content": _AUDIO,
+        "headers": {
+            "Content-Range": {
+                "description": "Which bytes, of how many",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    404: problem_response(
+        "No call has this sid or id, or the call has no recording (none was made, or "
+        "Exotel no longer has it)",
+        Problem(404, "call-not-found", f"No call has the sid or id '{SID}'"),
+        no_recording(),
+    ),
+    416: problem_response(
+        "The range is outside the recording",
+        Problem(416, "range-not-satisfiable", "The range is outside the recording"),
+    ),
+    502: problem_response(
+        "Exotel could not be reached or refused the download",
+        Problem(502, "exotel-error", "Exotel could not be reached: ConnectError"),
+    ),
+    **_READ_PROBLEMS,
+}
 EVENTS_RESPONSES = {
     200: _ok("The call's events, oldest first", {"items": [EVENT_EXAMPLE]}),
     404: NOT_FOUND,

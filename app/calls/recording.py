@@ -34,7 +34,8 @@ def no_recording() -> Problem:
 async def stream_recording(
     exotel: ExotelClient, recording_url: str | None, range_header: str | None
 ) -> StreamingResponse:
-    """Exotel's answer (200, 206 or 416) passed through; a Problem when there is none."""
+    """Exotel's answer (200 or 206) passed through; a Problem when there is none, or
+    when the range is outside it (416, with the length in `Content-Range`)."""
     if not recording_url or not exotel.may_fetch_recording(recording_url):
         if recording_url:
             log.warning("recording_url_not_exotels", host=httpx.URL(recording_url).host)
@@ -53,6 +54,14 @@ async def stream_recording(
         await stack.aclose()
         raise Problem(502, "exotel-error", exc.message) from exc
 
+    if upstream.status_code == 416:
+        await stack.aclose()
+        raise Problem(
+            416,
+            "range-not-satisfiable",
+            "The range is outside the recording",
+            headers={"Content-Range": upstream.headers.get("content-range", "bytes */*")},
+        )
     headers = {name: upstream.headers[name] for name in PASSED_HEADERS if name in upstream.headers}
     headers["accept-ranges"] = "bytes"
     # Closed after the last byte, or when the client goes away (the background task runs

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from app.auth import Reader
@@ -16,6 +16,7 @@ from app.calls.openapi import (
     PLACE_EXAMPLES,
     PLACE_RESPONSES,
     READ_RESPONSES,
+    RECORDING_RESPONSES,
 )
 from app.calls.schemas import (
     NO_NUL,
@@ -27,7 +28,7 @@ from app.calls.schemas import (
     PhoneNumberText,
 )
 from app.calls.service import CallFilters, CallService
-from app.errors import PROBLEM_CONTENT_TYPE, validation_problem
+from app.errors import PROBLEM_CONTENT_TYPE, Problem, validation_problem
 from app.notify_targets import notify_url_refusal
 from app.ratelimit import LimitedWriter
 
@@ -40,6 +41,19 @@ CallRef = Annotated[
 def _service(request: Request) -> CallService:
     service: CallService = request.app.state.calls
     return service
+
+
+def _json_body(request: Request) -> None:
+    """Refuse a body not sent as JSON (415), before it is validated as one (422).
+
+    FastAPI reads a body as JSON only when its Content-Type says so; without one too,
+    the body could never be read.
+    """
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.partition(";")[0].strip().lower()
+    main_type, _, subtype = media_type.partition("/")
+    if main_type != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        raise Problem(415, "unsupported-media-type", "The body must be JSON (application/json)")
 
 
 def _json(model: BaseModel) -> Response:
@@ -58,6 +72,7 @@ async def place_call(
     body: Annotated[CallCreate, Body(openapi_examples=PLACE_EXAMPLES)],
     request: Request,
     client: LimitedWriter,
+    _: Annotated[None, Depends(_json_body)],
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
@@ -116,6 +131,28 @@ async def list_calls(
 )
 async def get_call(ref: CallRef, request: Request, _: Reader) -> Response:
     return _json(CallOut.from_state(await _service(request).get(ref)))
+
+
+@router.get(
+    "/{ref}/recording",
+    summary="The call's recording, streamed from Exotel; `Range` lets a player seek",
+    response_class=StreamingResponse,
+    responses=RECORDING_RESPONSES,
+)
+async def get_recording(
+    ref: CallRef,
+    request: Request,
+    _: Reader,
+    range_: Annotated[
+        str | None,
+        Header(
+            alias="Range",
+            max_length=256,
+            description="A byte range, e.g. `bytes=1000-`, as an <audio> element sends",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    return await _service(request).recording(ref, range_)
 
 
 @router.get(

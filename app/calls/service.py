@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,16 +27,18 @@ from sqlalchemy import Select, and_, literal, select, tuple_, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.responses import StreamingResponse
 
 from app.calls import store
 from app.calls.apply import apply_update, is_terminal
+from app.calls.recording import stream_recording
 from app.calls.schemas import CallCreate, CallOut
 from app.calls.state import APPLIED_COLUMNS, CallState, LegState
 from app.calls.store import call_events, call_legs, calls
 from app.calls.tokens import CallbackTokens
 from app.claims import BackgroundClaim, ClaimKind, SessionClaims
 from app.config import ApiClient
-from app.errors import Problem, validation_problem
+from app.errors import DATABASE_DOWN_ERRORS, Problem, validation_problem
 from app.exotel.client import (
     ConnectRequest,
     ExotelAuthFailed,
@@ -57,6 +61,16 @@ UNKNOWN_GRACE = timedelta(seconds=30)
 # to land. Past it, a pending call that no live process claims was left by a dead one,
 # and the reconciler settles it at once (app/jobs/reconciler.py).
 CLAIM_GRACE = timedelta(seconds=5)
+# When the database fails just as Exotel's answer is to be stored, the answer is kept and
+# storing it retried in the background: POST /calls waits this long for it (then answers
+# 504 with the call's id, never "503, retry", as the phone may be ringing), and retrying
+# goes on this long. Should it never succeed, the row stays `pending` and the reconciler
+# takes it up once this process no longer claims it (CLAIM_GRACE).
+STORE_ANSWER_WAIT_S = 3.0
+STORE_ANSWER_RETRY_S = 60.0
+STORE_ANSWER_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+# At shutdown, how long in-flight retries may go on before they are given up.
+STORE_ANSWER_SHUTDOWN_S = 5.0
 # Our snake_case option values, as Exotel spells them.
 EXOTEL_VALUES = {
     "callee": "Callee",
@@ -146,6 +160,7 @@ class CallService:
         default_caller_id: str | None,
         default_country: str,
         reconcile_after: timedelta,
+        details_after: timedelta,
     ) -> None:
         self._engine = engine
         # Single statements need no BEGIN/COMMIT of their own.
@@ -157,6 +172,18 @@ class CallService:
         self._default_caller_id = default_caller_id
         self._default_country = default_country
         self._reconcile_after = reconcile_after
+        self._details_after = details_after
+        # Exotel answers still being stored after their request was answered.
+        self._storing: set[asyncio.Task[Answer]] = set()
+
+    async def finish_storing(self) -> None:
+        """At shutdown: give answers still being stored a last moment, then give them up."""
+        if not self._storing:
+            return
+        _, unfinished = await asyncio.wait(self._storing, timeout=STORE_ANSWER_SHUTDOWN_S)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
 
     # -- placing -------------------------------------------------------------------
 
@@ -329,16 +356,70 @@ class CallService:
             stream_url=values["stream_url"],
             stream_begin=EXOTEL_VALUES.get(values["stream_begin"] or ""),
         )
+        pending = new.state
         try:
             # The limiter marks the call as possibly sent (connect_reserved_at) in the
             # statement that reserves its place, or refuses (ExotelNotSent) if another
             # process already failed it as never sent: knowing "sent" costs no round trip.
             exotel_call = await self._exotel.connect(request, call_id=new.state.id)
         except ExotelError as exc:
-            return await self._record_failure(new.state, exc)
-        answer = await self._record_placed(new.state, exotel_call)
-        log.info("call_placed", call_id=str(new.state.id), sid=exotel_call.sid)
+            if isinstance(exc, ExotelOutcomeUnknown):
+                if_not_stored = self._unknown_answer(pending)
+            else:
+                # Not placed, whatever the database says: the answer stands; the row,
+                # if it stays `pending`, is settled by the reconciler.
+                if_not_stored = self._failure_answer(pending, exc)
+            return await self._store_answer(
+                pending, functools.partial(self._record_failure, pending, exc), if_not_stored
+            )
+        answer = await self._store_answer(
+            pending,
+            functools.partial(self._record_placed, pending, exotel_call),
+            self._unknown_answer(pending, stored=False),
+        )
+        log.info("call_placed", call_id=str(pending.id), sid=exotel_call.sid)
         return answer
+
+    async def _store_answer(
+        self, pending: CallState, store: Callable[[], Awaitable[Answer]], if_not_stored: Answer
+    ) -> Answer:
+        """Store Exotel's answer; if the database fails, keep retrying in the background.
+
+        Answers what `store` answers if it succeeds within STORE_ANSWER_WAIT_S, else
+        `if_not_stored`. Only the database being away is retried: anything else is a bug,
+        and raised.
+        """
+        try:
+            return await store()
+        except DATABASE_DOWN_ERRORS as exc:
+            log.warning("call_answer_not_stored", call_id=str(pending.id), error=type(exc).__name__)
+        retrying = asyncio.create_task(self._retry_storing(pending, store))
+        self._storing.add(retrying)
+        retrying.add_done_callback(self._storing.discard)
+        try:
+            return await asyncio.wait_for(asyncio.shield(retrying), STORE_ANSWER_WAIT_S)
+        except (TimeoutError, *DATABASE_DOWN_ERRORS):
+            return if_not_stored
+
+    @staticmethod
+    async def _retry_storing(pending: CallState, store: Callable[[], Awaitable[Answer]]) -> Answer:
+        call_id = str(pending.id)
+        deadline = asyncio.get_running_loop().time() + STORE_ANSWER_RETRY_S
+        attempt = 0
+        while True:
+            pause_s = STORE_ANSWER_BACKOFF_S[min(attempt, len(STORE_ANSWER_BACKOFF_S) - 1)]
+            attempt += 1
+            await asyncio.sleep(pause_s)
+            try:
+                answer = await store()
+            except DATABASE_DOWN_ERRORS as exc:
+                if asyncio.get_running_loop().time() + pause_s >= deadline:
+                    # The row stays `pending`: the reconciler will find the call at Exotel.
+                    log.error("call_answer_lost", call_id=call_id, error=type(exc).__name__)
+                    raise
+                continue
+            log.info("call_answer_stored", call_id=call_id, attempts=attempt + 1)
+            return answer
 
     async def _record_placed(self, pending: CallState, exotel_call: ExotelCall) -> Answer:
         """Apply Exotel's answer and keep the answer for replays: 1 round trip, normally.
@@ -369,7 +450,7 @@ class CallService:
         async with self._engine.begin() as conn:
             [call] = (await store.lock(conn, [pending.id])).values()
             applied = apply_update(call, update)
-            await store.save_applied(conn, [(call, applied)])
+            await store.save_applied(conn, [(call, applied)], details_after=self._details_after)
             answer = Answer(201, self.resource(call), {"Location": call_location(call)})
             values: dict[str, Any] = {
                 "response_status": answer.status,
@@ -458,12 +539,17 @@ class CallService:
             problem = Problem(502, "exotel-unavailable", exc.message, extra=extra)
         return Answer(problem.status, problem.body(), problem.headers)
 
-    def _unknown_answer(self, call: CallState) -> Answer:
+    def _unknown_answer(self, call: CallState, *, stored: bool = True) -> Answer:
+        why = (
+            "Exotel did not answer in time; the call may or may not have been placed."
+            if stored
+            else "Exotel answered, but its answer could not be stored yet (the database is "
+            "unavailable); the call may have been placed."
+        )
         problem = Problem(
             504,
             "exotel-outcome-unknown",
-            "Exotel did not answer in time; the call may or may not have been placed. "
-            "Do not retry with a new key: read the call by its id until it is settled.",
+            f"{why} Do not retry with a new key: read the call by its id until it is settled.",
             extra={"id": str(call.id), "call_status": call.status},
         )
         return Answer(problem.status, problem.body(), {"Location": call_location(call)})
@@ -490,6 +576,11 @@ class CallService:
         if call is None:
             raise Problem(404, "call-not-found", f"No call has the sid or id {ref!r}")
         return call
+
+    async def recording(self, ref: str, range_header: str | None) -> StreamingResponse:
+        """The call's recording, streamed from Exotel (app/calls/recording.py)."""
+        call = await self.get(ref)
+        return await stream_recording(self._exotel, call.recording_url, range_header)
 
     async def events(self, ref: str) -> list[Row[Any]]:
         """What Exotel said about the call, in the order it was received."""

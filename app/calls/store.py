@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ColumnElement,
+    DateTime,
     Select,
     Table,
     any_,
@@ -65,9 +66,13 @@ _SAVE_CALL = (
         {
             **{name: bindparam(name) for name in APPLIED_COLUMNS},
             "updated_at": bindparam("updated_at"),
-            # A finished call needs no more looks at Exotel.
+            # A finished call needs no more looks at Exotel, but for its figures.
             "next_reconcile_at": case(
                 (bindparam("finished", type_=Boolean), null()), else_=calls.c.next_reconcile_at
+            ),
+            "details_next_at": func.coalesce(
+                bindparam("details_next_at", type_=DateTime(timezone=True)),
+                calls.c.details_next_at,
             ),
         }
     )
@@ -85,15 +90,25 @@ def _legs_from_json(rows: list[list[Any]] | None) -> list[LegState]:
     return [LegState(*row) for row in rows or ()]
 
 
+FINISHED = "call.finished"  # the notification of a call's end
+UPDATED = "call.updated"  # the notification of figures that arrived after the end
+
+
 def call_query() -> Select[Any]:
-    """Calls with their legs and notification: one statement, one row per call."""
+    """Calls with their legs and `call.finished` notification: one statement, one row
+    per call."""
     return select(
         *(calls.c[name] for name in CALL_STATE_COLUMNS),
         _LEGS_JSON,
         notifications.c.status.label("notify_status"),
         notifications.c.attempts.label("notify_attempts"),
         notifications.c.last_error.label("notify_last_error"),
-    ).select_from(calls.outerjoin(notifications, notifications.c.call_id == calls.c.id))
+    ).select_from(
+        calls.outerjoin(
+            notifications,
+            (notifications.c.call_id == calls.c.id) & (notifications.c.event_type == FINISHED),
+        )
+    )
 
 
 def state_from_row(row: Any) -> CallState:
@@ -167,12 +182,18 @@ async def lock(
     return {row.id: CallState.from_row(row, legs[row.id]) for row in rows}
 
 
-async def save_applied(conn: AsyncConnection, results: Sequence[tuple[CallState, Applied]]) -> None:
+async def save_applied(
+    conn: AsyncConnection,
+    results: Sequence[tuple[CallState, Applied]],
+    *,
+    details_after: timedelta,
+) -> None:
     """Write back the calls that `apply_update` changed, within the caller's transaction.
 
     Calls and legs are written with one executemany each; a call that finished here gets
-    its one `call.finished` notification (the outbox the relay delivers from). At most 3
-    round trips, whatever the number of calls.
+    its one `call.finished` notification (the outbox the relay delivers from), and, if
+    Exotel has yet to fill in its figures, a first look for them `details_after` after
+    its end (app/jobs/details.py). At most 3 round trips, whatever the number of calls.
     """
     changed = [(call, applied) for call, applied in results if applied.changed]
     if not changed:
@@ -187,6 +208,7 @@ async def save_applied(conn: AsyncConnection, results: Sequence[tuple[CallState,
                 "call_id": call.id,
                 "updated_at": now,
                 "finished": applied.became_terminal,
+                "details_next_at": _first_details_look(call, applied, now, details_after),
                 **{name: getattr(call, name) for name in APPLIED_COLUMNS},
             }
             for call, applied in changed
@@ -200,20 +222,48 @@ async def save_applied(conn: AsyncConnection, results: Sequence[tuple[CallState,
             for leg in call.legs
         ],
     )
-    finished = [call for call, applied in changed if applied.became_terminal and call.notify_url]
-    if finished:
-        await conn.execute(
-            insert(notifications)
-            .values(
-                [
-                    {"id": f"msg_{uuid.uuid4().hex}", "call_id": call.id, "url": call.notify_url}
-                    for call in finished
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=[notifications.c.call_id])
-        )
+    await add_notifications(
+        conn, [call for call, applied in changed if applied.became_terminal], FINISHED
+    )
     for _, applied in changed:
         record_status_change(applied.previous_status, applied.status)
+
+
+def _first_details_look(
+    call: CallState, applied: Applied, now: datetime, details_after: timedelta
+) -> datetime | None:
+    """When to first look for the figures of a call that finished here, if it needs to."""
+    if not applied.became_terminal or call.sid is None or call.price is not None:
+        return None
+    # Counted from our clock when Exotel's end time is missing or ahead of it.
+    return min(call.end_time or now, now) + details_after
+
+
+async def add_notifications(
+    conn: AsyncConnection, changed: Sequence[CallState], event_type: str
+) -> None:
+    """Queue an `event_type` notification for those of `changed` with a notify_url, once
+    per call and type (at most 1 round trip)."""
+    told = [call for call in changed if call.notify_url]
+    if not told:
+        return
+    await conn.execute(
+        insert(notifications)
+        .values(
+            [
+                {
+                    "id": f"msg_{uuid.uuid4().hex}",
+                    "call_id": call.id,
+                    "event_type": event_type,
+                    "url": call.notify_url,
+                }
+                for call in told
+            ]
+        )
+        .on_conflict_do_nothing(
+            index_elements=[notifications.c.call_id, notifications.c.event_type]
+        )
+    )
 
 
 def ids_in(column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:

@@ -11,6 +11,7 @@ national form; callers compare them after parsing (app.calls.service.to_e164).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -226,7 +227,7 @@ class ExotelClient:
     ) -> list[ExotelCall]:
         """Calls to `to_number` created in the window, across all pages. Exotel lists
         only calls that have ended."""
-        return await self._listing(
+        listed = await self._listing(
             {
                 "To": to_number,
                 "DateCreated": (
@@ -235,12 +236,14 @@ class ExotelClient:
                 "PageSize": str(PAGE_SIZE),
             }
         )
+        return [found.call for found in listed]
 
-    async def bulk_details_by_sids(self, sids: Sequence[str]) -> list[ExotelCall]:
-        """The calls of `sids` with their details, 100 Sids a request. Exotel lists only
-        ended calls created in the last 31 days: others are simply not in the answer."""
+    async def bulk_details_by_sids(self, sids: Sequence[str]) -> list[CallDetails]:
+        """The calls of `sids` with their details, 100 Sids a request, each with its own
+        JSON from the page. Exotel lists only ended calls created in the last 31 days:
+        others are simply not in the answer."""
         unique = list(dict.fromkeys(sids))
-        found: list[ExotelCall] = []
+        found: list[CallDetails] = []
         for start in range(0, len(unique), MAX_SIDS_PER_REQUEST):
             batch = unique[start : start + MAX_SIDS_PER_REQUEST]
             found.extend(
@@ -250,17 +253,23 @@ class ExotelClient:
             )
         return found
 
-    async def _listing(self, params: dict[str, str]) -> list[ExotelCall]:
+    async def _listing(self, params: dict[str, str]) -> list[CallDetails]:
         """Every page of a bulk listing, in whichever of Exotel's three paging shapes it
         comes; an empty page that still links to a next one is not the end."""
         path: str = ".json"
         query: dict[str, str] | None = params
         followed: set[str] = set()
-        found: list[ExotelCall] = []
+        found: list[CallDetails] = []
         for _ in range(MAX_PAGES):
             response = await self._send("bulk_details", "GET", path, params=query)
             page = self._parse(ExotelCallList, response)
-            found.extend(page.calls)
+            if page.calls:
+                # Each call's own JSON, for the event log (the page parsed: `Calls` is a list).
+                raws = json.loads(response.content)["Calls"]
+                found.extend(
+                    CallDetails(call, json.dumps(raw).encode())
+                    for call, raw in zip(page.calls, raws, strict=True)
+                )
             next_page = self._own_path(page.next_page_uri)
             if next_page is None or next_page in followed:
                 return found

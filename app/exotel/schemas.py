@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 EXOTEL_TIMEZONE = ZoneInfo("Asia/Kolkata")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "busy", "no-answer", "canceled"})
@@ -41,6 +41,10 @@ EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIME_AHEAD = timedelta(days=1)
 # Longer than any ISO 8601 time with an offset and microseconds.
 _MAX_TIME_TEXT = 40
+# The sizes of the columns these values are stored in (app/calls/models.py): a longer
+# value is not a real one, and storing it would fail, and with it the whole update.
+SID_CHARS = 64
+WORD_CHARS = 32
 
 
 def _blank_to_none(value: Any) -> Any:
@@ -63,6 +67,18 @@ def _storable_text(value: Any) -> Any:
     except UnicodeEncodeError:
         return None
     return value
+
+
+def _short_text(max_chars: int) -> BeforeValidator:
+    """Storable text of at most `max_chars` characters; a longer value is not said."""
+
+    def validate(value: Any) -> Any:
+        value = _storable_text(value)
+        if isinstance(value, str) and len(value.strip()) > max_chars:
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    return BeforeValidator(validate)
 
 
 def _plain_decimal(value: Any) -> Decimal | None:
@@ -122,12 +138,13 @@ def _exotel_time(value: Any) -> datetime | None:
 def _answered_by(value: Any) -> Any:
     """`HUMAN`, `Human`, `human` -> "human"; `NotSure`, `not_sure` -> "not-sure"; `NA` -> None.
 
-    A word Exotel may add later is kept, lowercased, rather than lost."""
+    A word Exotel may add later is kept, lowercased, rather than lost, if it fits its
+    column."""
     value = _storable_text(value)
     if not isinstance(value, str):
         return value
     word = value.strip().lower()
-    if word in {"na", "n/a", "not applicable"}:
+    if word in {"na", "n/a", "not applicable"} or len(word) > WORD_CHARS:
         return None
     return ANSWERED_BY.get(word.replace("-", "").replace("_", "").replace(" ", ""), word)
 
@@ -147,6 +164,8 @@ def _lower_or_none(value: Any) -> Any:
 
 
 OptionalText = Annotated[str | None, BeforeValidator(_storable_text)]
+OptionalSid = Annotated[str | None, _short_text(SID_CHARS)]
+OptionalShortText = Annotated[str | None, _short_text(WORD_CHARS)]
 OptionalWord = Annotated[str | None, BeforeValidator(_lower_or_none)]
 OptionalStatus = Annotated[str | None, BeforeValidator(_status_word)]
 OptionalInt = Annotated[int | None, BeforeValidator(_lenient_int)]
@@ -169,13 +188,24 @@ class LegUpdate(_ExotelModel):
     answered_by: AnsweredBy = None
 
 
+def _one_per_leg(legs: tuple[LegUpdate, ...]) -> tuple[LegUpdate, ...]:
+    """A leg named twice in one message is taken as first said: one message, one story."""
+    seen: set[int] = set()
+    first = []
+    for leg in legs:
+        if leg.leg not in seen:
+            seen.add(leg.leg)
+            first.append(leg)
+    return tuple(first)
+
+
 class CallUpdate(_ExotelModel):
     """What one message from Exotel (connect answer, callback, call details) says of a call.
 
     `None` always means "not said", never "erase".
     """
 
-    sid: OptionalText = None
+    sid: OptionalSid = None
     status: OptionalStatus = None
     date_created: ExotelTime = None
     date_updated: ExotelTime = None
@@ -187,8 +217,8 @@ class CallUpdate(_ExotelModel):
     recording_url: OptionalText = None
     # The call's: the first leg's answer that is not `NA` (in practice the To leg's).
     answered_by: AnsweredBy = None
-    direction: OptionalText = None
-    legs: tuple[LegUpdate, ...] = ()
+    direction: OptionalShortText = None
+    legs: Annotated[tuple[LegUpdate, ...], AfterValidator(_one_per_leg)] = ()
 
     @property
     def is_terminal(self) -> bool:

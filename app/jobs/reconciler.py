@@ -8,16 +8,20 @@ stores the call:
   it is searched for with the bulk call-details API, by its numbers and creation time.
   Exactly one match that no other call owns is attached and applied, unless another
   unsettled call between the same numbers could be its owner; several candidates leave
-  the call as it is (a wrong Sid is worse than none), logged and counted; none, once
-  RECONCILE_UNKNOWN_GRACE_S have passed since the attempt, fail the call, and its
-  Idempotency-Key is released so that a retry may place it.
+  the call as it is (a wrong Sid is worse than none), logged and counted. None is no
+  proof: bulk details list a call only once it has ended, and a call whose answer was
+  lost may be talking for hours. So the call stays `unknown` (its Idempotency-Key
+  answering 504 with its id) until the longest it could last (app/exotel/limits.py: its
+  TimeOut and TimeLimit, Exotel's maxima when unset) and RECONCILE_UNKNOWN_GRACE_S more
+  have passed since it was requested; only then is it failed as not placed, and its
+  Idempotency-Key released so that a retry may place it.
 - `pending`: a few seconds (CLAIM_GRACE) after creation, if no live process claims it
   (app/claims.py): the process placing it died. If its connect request surely never
   left (no place was reserved for it under the Exotel limit: `connect_reserved_at` is
   NULL), it is failed at once and its Idempotency-Key released; that conditional UPDATE
   and the limiter's reservation lock the same row, so a live but slow process can never
   send a call failed here (app/limits/gcra.py). If it may have left, it becomes
-  `unknown` and is searched for by its numbers.
+  `unknown` and is searched for by its numbers, as above.
   Why a mark, and why there: "sent" cannot be inferred from the claim alone (between
   the insert and the request the limiter may hold a call for seconds), and a separate
   write would cost placing a round trip; the reservation is one statement placing makes
@@ -70,6 +74,7 @@ from app.exotel.client import (
     ExotelRateLimited,
     exotel_time,
 )
+from app.exotel.limits import longest_call
 from app.exotel.schemas import CallUpdate, ExotelCall
 from app.metrics import RECONCILE_OUTCOMES, record_status_change
 
@@ -131,6 +136,7 @@ class Reconciler:
         self._after = timedelta(seconds=settings.reconcile_after_s)
         self._unknown_grace = timedelta(seconds=settings.reconcile_unknown_grace_s)
         self._give_up = timedelta(seconds=settings.reconcile_give_up_s)
+        self._details_after = settings.details_after
         self._country = settings.default_country
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -275,7 +281,7 @@ class Reconciler:
             return await self._sid_not_found(due, sid)
         async with self._sessions() as session, session.begin():
             call = await _lock(session, due.id)
-            applied = await _apply(session, call, details)
+            applied = await _apply(session, call, details, self._details_after)
             await self._schedule_next(session, due, call)
         return _outcome(applied)
 
@@ -355,7 +361,9 @@ class Reconciler:
                 return "maybe_sent"
             call = await _lock(session, due.id)
             applied = apply_update(call, CallUpdate(status="failed"))
-            await store.save_applied(await session.connection(), [(call, applied)])
+            await store.save_applied(
+                await session.connection(), [(call, applied)], details_after=self._details_after
+            )
             record = json.dumps({"ConnectReserved": False}).encode()
             await _store_event(session, call.id, None, "never_sent", "failed", record, applied)
             await session.execute(
@@ -387,6 +395,7 @@ class Reconciler:
         async with self._sessions() as session:
             unclaimed = await _unclaimed(session, matches)
             rivals = await self._rivals(session, due)
+            conclusive_at = await self._conclusive_at(session, due)
         if len(unclaimed) == 1 and rivals == 0:
             return await self._attach(due, unclaimed[0].sid)
         if unclaimed:
@@ -399,10 +408,23 @@ class Reconciler:
             )
             await self._reschedule(due)
             return "ambiguous"
-        if datetime.now(UTC) < due.created_at + self._unknown_grace:
-            await self._reschedule(due)
+        if datetime.now(UTC) < conclusive_at:
+            # Not listed may only mean still talking: look again, at the latest then.
+            await self._reschedule(due, not_after=conclusive_at)
             return "not_found_yet"
         return await self._fail_not_placed(due, listed)
+
+    async def _conclusive_at(self, session: AsyncSession, due: _Due) -> datetime:
+        """From when "not listed" means "not placed": bulk details list a call only once
+        it has ended, so not before the longest a call asked like this one could last
+        (its TimeOut and TimeLimit, Exotel's maxima when unset), plus
+        RECONCILE_UNKNOWN_GRACE_S for Exotel to list it."""
+        limits = (
+            await session.execute(select(Call.time_out, Call.time_limit).where(Call.id == due.id))
+        ).one()
+        return (
+            due.created_at + longest_call(limits.time_out, limits.time_limit) + self._unknown_grace
+        )
 
     async def _rivals(self, session: AsyncSession, due: _Due) -> int:
         """Other unsettled calls between the same numbers: any one of them may own a match."""
@@ -428,7 +450,7 @@ class Reconciler:
                     # A callback or the connect answer named the Sid meanwhile.
                     await self._schedule_next(session, due, call)
                     return "settled_meanwhile"
-                applied = await _apply(session, call, details)
+                applied = await _apply(session, call, details, self._details_after)
                 await self._schedule_next(session, due, call, not_before=call.created_at)
         except IntegrityError:
             log.warning("reconcile_sid_taken", call_id=str(due.id), sid=sid)
@@ -450,7 +472,9 @@ class Reconciler:
             # Our conclusion rather than an Exotel message: what was searched and seen.
             record = {"To": due.to_number, "DateCreated": window, "Listed": [c.sid for c in listed]}
             applied = apply_update(call, CallUpdate(status="failed"))
-            await store.save_applied(await session.connection(), [(call, applied)])
+            await store.save_applied(
+                await session.connection(), [(call, applied)], details_after=self._details_after
+            )
             await _store_event(
                 session, call.id, None, "not_found", "failed", json.dumps(record).encode(), applied
             )
@@ -472,9 +496,12 @@ class Reconciler:
     def _same_number(self, exotel_number: str | None, ours: str) -> bool:
         return exotel_number is not None and to_e164(exotel_number, self._country) == ours
 
-    async def _reschedule(self, due: _Due) -> None:
+    async def _reschedule(self, due: _Due, *, not_after: datetime | None = None) -> None:
+        next_look = self._next_look(due)
+        if next_look is not None and not_after is not None:
+            next_look = min(next_look, not_after)
         async with self._sessions() as session, session.begin():
-            await _schedule(session, due.id, self._next_look(due))
+            await _schedule(session, due.id, next_look)
 
     async def _schedule_next(
         self,
@@ -524,10 +551,14 @@ async def _lock(session: AsyncSession, call_id: uuid.UUID) -> CallState:
     return call
 
 
-async def _apply(session: AsyncSession, call: CallState, details: CallDetails) -> Applied:
+async def _apply(
+    session: AsyncSession, call: CallState, details: CallDetails, details_after: timedelta
+) -> Applied:
     """Apply Exotel's answer and store it as an event that says whether it changed the call."""
     applied = apply_update(call, details.call.to_update())
-    await store.save_applied(await session.connection(), [(call, applied)])
+    await store.save_applied(
+        await session.connection(), [(call, applied)], details_after=details_after
+    )
     await _store_event(
         session,
         call.id,

@@ -1,10 +1,12 @@
-"""The relay: tells each finished call's notify_url, signed the Standard Webhooks way.
+"""The relay: tells a call's notify_url what happened, signed the Standard Webhooks way.
 
-`store.save_applied` writes one `notifications` row (the outbox) in the transaction that
-finishes a call with a notify_url. The relay polls for due rows every
-NOTIFY_POLL_INTERVAL_S and POSTs `{"type": "call.finished", "timestamp", "data"}`,
-`data` being the call resource as it is at delivery, with the `webhook-id` (the row's
-id, the same on every attempt), `webhook-timestamp` and `webhook-signature` headers.
+`store.save_applied` writes a `call.finished` row in `notifications` (the outbox) in
+the transaction that finishes a call with a notify_url; the details job
+(app/jobs/details.py) writes a `call.updated` row when the figures Exotel fills in
+after the end arrive. The relay polls for due rows every NOTIFY_POLL_INTERVAL_S and
+POSTs `{"type": <the row's event type>, "timestamp", "data"}`, `data` being the call
+resource as it is at delivery, with the `webhook-id` (the row's id, the same on every
+attempt), `webhook-timestamp` and `webhook-signature` headers.
 
 Replicas share the outbox: rows are claimed with FOR UPDATE SKIP LOCKED, and a claim
 moves `next_attempt_at` past the attempt's time limit (a lease) and counts the attempt,
@@ -15,7 +17,7 @@ deduplicate by it).
 
 After failed attempt n (non-2xx, timeout, no connection), the next waits a random time
 between half and all of NOTIFY_FIRST_RETRY_S * 2**(n-1), capped at an hour; the first
-failure NOTIFY_GIVE_UP_S or more after the call finished marks the notification `dead`.
+failure NOTIFY_GIVE_UP_S or more after the notification was queued marks it `dead`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from app.notify_targets import RefusedAddress
 
 log = structlog.get_logger(__name__)
 
-EVENT_TYPE = "call.finished"
 BATCH = 50
 MAX_BACKOFF_S = 3600.0
 # An attempt's POST ends within NOTIFY_TIMEOUT_S (asyncio.timeout bounds it whole); this
@@ -64,10 +65,12 @@ _jitter = random.Random()  # noqa: S311
 class _Claimed:
     id: str
     call_id: uuid.UUID
+    event_type: str
     url: str
     attempt: int
-    finished_at: datetime
-    body: str
+    queued_at: datetime
+    # None if the call could not be read or rendered.
+    body: str | None
 
 
 class Relay:
@@ -123,43 +126,47 @@ class Relay:
                 row.attempts += 1
                 row.next_attempt_at = lease_end
             await session.flush()
-            found = await session.execute(
-                store.call_query().where(store.calls.c.id.in_([r.call_id for r in rows]))
-            )
-            resources = {row.id: CallService.resource(store.state_from_row(row)) for row in found}
+            resources = await _resources(session, [row.call_id for row in rows])
         return [
             _Claimed(
                 id=row.id,
                 call_id=row.call_id,
+                event_type=row.event_type,
                 url=row.url,
                 attempt=row.attempts,
-                finished_at=row.created_at,
-                body=_body(row.created_at, resources[row.call_id]),
+                queued_at=row.created_at,
+                body=_body(row.event_type, row.created_at, resources[row.call_id])
+                if row.call_id in resources
+                else None,
             )
             for row in rows
         ]
 
     async def _attempt(self, item: _Claimed) -> None:
+        if item.body is None:
+            # Counted as a failed attempt: retried (the row may be mended), then dead.
+            await self._record(item, "unreadable call")
+            return
         try:
-            error = await self._post(item)
+            error = await self._post(item, item.body)
         except asyncio.CancelledError:
             await asyncio.shield(self._release(item))
             raise
         await self._record(item, error)
 
-    async def _post(self, item: _Claimed) -> str | None:
+    async def _post(self, item: _Claimed, body: str) -> str | None:
         """POST the notification once; None if the receiver took it, else why not."""
         now = datetime.now(UTC)
         headers = {
             "content-type": "application/json",
             "webhook-id": item.id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self._webhook.sign(item.id, now, item.body),
+            "webhook-signature": self._webhook.sign(item.id, now, body),
         }
         try:
             # httpx's timeout bounds each read or write; this bounds the whole attempt.
             async with asyncio.timeout(self._timeout_s):
-                return await self._send(item.url, item.body, headers)
+                return await self._send(item.url, body, headers)
         except (TimeoutError, httpx.TimeoutException):
             return "Timed out"
         except RefusedAddress:
@@ -188,11 +195,16 @@ class Relay:
 
     async def _record(self, item: _Claimed, error: str | None) -> None:
         now = datetime.now(UTC)
-        context = {"call_id": str(item.call_id), "webhook_id": item.id, "attempt": item.attempt}
+        context = {
+            "call_id": str(item.call_id),
+            "event_type": item.event_type,
+            "webhook_id": item.id,
+            "attempt": item.attempt,
+        }
         if error is None:
             outcome = "delivered"
             values: dict[str, object] = {"status": "delivered", "delivered_at": now}
-        elif now - item.finished_at >= self._give_up:
+        elif now - item.queued_at >= self._give_up:
             outcome = "dead"
             values = {"status": "dead", "last_error": error}
         else:
@@ -233,6 +245,30 @@ class Relay:
         return _jitter.uniform(ceiling / 2, ceiling)
 
 
+async def _resources(
+    session: AsyncSession, call_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, object]]:
+    """The calls as resources, in one statement; should a row fail to be read or
+    rendered, one call at a time, leaving that one out: it must not hold up the others."""
+
+    async def read(ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, object]]:
+        async with session.begin_nested():
+            found = await session.execute(store.call_query().where(store.calls.c.id.in_(ids)))
+            return {row.id: CallService.resource(store.state_from_row(row)) for row in found}
+
+    try:
+        return await read(call_ids)
+    except Exception:
+        log.exception("notification_calls_unreadable", calls=len(call_ids))
+    resources: dict[uuid.UUID, dict[str, object]] = {}
+    for call_id in call_ids:
+        try:
+            resources |= await read([call_id])
+        except Exception:
+            log.exception("notification_call_unreadable", call_id=str(call_id))
+    return resources
+
+
 def _still_ours(item: _Claimed) -> tuple[ColumnElement[bool], ...]:
     return (
         Notification.id == item.id,
@@ -241,6 +277,6 @@ def _still_ours(item: _Claimed) -> tuple[ColumnElement[bool], ...]:
     )
 
 
-def _body(finished_at: datetime, resource: dict[str, object]) -> str:
-    timestamp = finished_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return json.dumps({"type": EVENT_TYPE, "timestamp": timestamp, "data": resource})
+def _body(event_type: str, queued_at: datetime, resource: dict[str, object]) -> str:
+    timestamp = queued_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps({"type": event_type, "timestamp": timestamp, "data": resource})

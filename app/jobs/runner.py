@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.claims import SessionClaims
 from app.config import Settings
 from app.exotel.client import ExotelClient
+from app.jobs.details import DetailsJob
 from app.jobs.reconciler import Reconciler
 from app.jobs.relay import Relay
 from app.notify_targets import PublicOnlyTransport
@@ -48,7 +49,7 @@ async def running_jobs(
     exotel: ExotelClient,
     claims: SessionClaims,
 ) -> AsyncIterator[None]:
-    """Run the reconciler and the relay while the context is open."""
+    """Run the reconciler, the details job and the relay while the context is open."""
     async with httpx.AsyncClient(
         timeout=settings.notify_timeout_s,
         headers={"User-Agent": "callbridge"},
@@ -56,10 +57,12 @@ async def running_jobs(
         transport=PublicOnlyTransport(settings.notify_allowed_hosts),
     ) as http:
         reconciler = Reconciler(sessions, exotel, settings, claims)
+        details = DetailsJob(sessions, exotel, settings)
         relay = Relay(sessions, http, notify_secret(settings), settings)
         stopping = asyncio.Event()
         tasks = [
             asyncio.create_task(reconciler.run(stopping), name="reconciler"),
+            asyncio.create_task(details.run(stopping), name="details"),
             asyncio.create_task(relay.run(stopping), name="relay"),
         ]
         log.info("jobs_started")

@@ -1,7 +1,7 @@
 """calls.connect_reserved_at: from when a call's connect request may have been sent
 
 Revision ID: 3c7e2a91f4d8
-Revises: 66f5aa575645
+Revises: c3e8a1f40d7b
 Create Date: 2026-11-27 13:15:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "3c7e2a91f4d8"
-down_revision: str | None = "66f5aa575645"
+down_revision: str | None = "c3e8a1f40d7b"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -173,3 +173,36 @@ async def test_other_spellings_of_an_allowed_host_stay_refused(
     allowing_loopback: httpx.AsyncClient, exotel: respx.MockRouter, url: str
 ) -> None:
     await assert_refused(allowing_loopback, exotel, {"notify_url": url}, "notify_url")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+async def test_a_body_not_sent_as_json_is_refused_with_415(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, content_type: str | None
+) -> None:
+    route = exotel.post("/connect.json").respond(200, json=connect_answer(SID))
+    body = '{"from": "+919876543210", "to": "09123456789"}'
+    headers = {} if content_type is None else {"content-type": content_type}
+
+    response = await client.post("/calls", content=body, headers=headers)
+
+    assert response.status_code == 415, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"].endswith("/unsupported-media-type")
+    assert route.call_count == 0
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "application/x+json"]
+)
+async def test_json_is_accepted(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, content_type: str
+) -> None:
+    exotel.post("/connect.json").respond(200, json=connect_answer(SID))
+    body = b'{"from": "+919876543210", "to": "09123456789"}'
+
+    response = await client.post("/calls", content=body, headers={"content-type": content_type})
+
+    assert response.status_code == 201, response.text

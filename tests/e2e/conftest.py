@@ -58,20 +58,34 @@ def simulator_config(request: pytest.FixtureRequest) -> SimulatorConfig:
 
 
 @pytest.fixture
-async def stack(database_url: str, simulator_config: SimulatorConfig) -> AsyncIterator[Stack]:
+def callbridge_settings(request: pytest.FixtureRequest) -> dict[str, object]:
+    """Settings Callbridge runs with beyond the stack's own, for indirect parametrization."""
+    overrides: dict[str, object] = getattr(request, "param", {})
+    return overrides
+
+
+@pytest.fixture
+async def stack(
+    database_url: str, simulator_config: SimulatorConfig, callbridge_settings: dict[str, object]
+) -> AsyncIterator[Stack]:
     simulator = Simulator(simulator_config)
     simulator_port, callbridge_port = free_port(), free_port()
     settings = make_settings(
         database_url,
-        exotel_base_url=f"http://127.0.0.1:{simulator_port}",
-        exotel_account_sid=simulator_config.account_sid,
-        exotel_api_key=simulator_config.api_key,
-        exotel_api_token=simulator_config.api_token,
-        exotel_timeout_s=1.5,
-        public_base_url=f"http://127.0.0.1:{callbridge_port}",
-        run_jobs=True,
-        reconcile_after_s=2,
-        reconcile_interval_s=0.5,
+        **{
+            "exotel_base_url": f"http://127.0.0.1:{simulator_port}",
+            "exotel_account_sid": simulator_config.account_sid,
+            "exotel_api_key": simulator_config.api_key,
+            "exotel_api_token": simulator_config.api_token,
+            "exotel_timeout_s": 1.5,
+            "public_base_url": f"http://127.0.0.1:{callbridge_port}",
+            "run_jobs": True,
+            "reconcile_after_s": 2,
+            "reconcile_interval_s": 0.5,
+            # Exotel's figures come `figures_delay_s` simulated seconds after the end.
+            "details_after_s": simulator_config.figures_delay_s / simulator_config.speed,
+            **callbridge_settings,
+        },
     )
     async with (
         serving(simulator.app, simulator_port),

@@ -131,19 +131,22 @@ async def simulated(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
 
 
 async def test_the_readme_first_call_is_true(simulated: str) -> None:
-    place, read, events = (
+    place, *reads, events = (
         command for command in console_commands("### Your first call") if command.words[0] == "curl"
     )
     async with httpx.AsyncClient(timeout=10) as http:
         placed = await run(http, parse_curl(place.words), simulated)
         assert_shows(place.shown, placed)
 
-        finished = await until_shown(
-            http, parse_curl(read.words), simulated, placed["sid"], read.shown
-        )
+        # Finished, then with the price and duration Exotel fills in later.
+        finished, with_figures = [
+            await until_shown(http, parse_curl(read.words), simulated, placed["sid"], read.shown)
+            for read in reads
+        ]
         received = await run(http, parse_curl(events.words), simulated, placed["sid"])
 
     assert finished["legs"][0]["status"] == "completed"
+    assert with_figures["price"] is not None
     assert received
 
 

@@ -190,7 +190,7 @@ async def test_bulk_details_by_sids_asks_for_at_most_100_sids_a_request_with_det
 
     found = await client.bulk_details_by_sids([*sids, sids[0]])
 
-    assert [found_call.sid for found_call in found] == sids
+    assert [found_call.call.sid for found_call in found] == sids
     asked = [request.url.params for request, _ in route.calls]
     assert [len(params["Sid"].split(",")) for params in asked] == [100, 100, 50]
     assert all(params["details"] == "true" for params in asked)

@@ -51,10 +51,7 @@ SETTINGS = {
     "run_jobs": "true",
     "reconcile_after_s": 3,
     "reconcile_interval_s": 0.2,
-    # Longer than a 9909 call lasts here (it talks past its 5 s lost answer): bulk call
-    # details list a call only once it has ended, so a shorter grace would fail it as
-    # "not placed" while it talks (issue 10, item 4).
-    "reconcile_unknown_grace_s": 20,
+    "reconcile_unknown_grace_s": 3,
     "exotel_timeout_s": 3,
     "exotel_requests_per_minute": 200,
 }

@@ -95,7 +95,15 @@ async def test_a_killed_service_places_each_call_once(
 
             async def place(index: int) -> None:
                 nonlocal in_flight, restart
-                body = {"from": "+919876543210", "to": callee(index), "custom_field": str(index)}
+                # Short calls: a request the kill cut off stays unsettled until the call
+                # could no longer be running (TimeOut twice, then TimeLimit: 14 s here).
+                body = {
+                    "from": "+919876543210",
+                    "to": callee(index),
+                    "custom_field": str(index),
+                    "time_out": 2,
+                    "time_limit": 10,
+                }
                 headers = {"Idempotency-Key": f"faults-killed-{index}"}
                 while asyncio.get_running_loop().time() < deadline:
                     in_flight += 1

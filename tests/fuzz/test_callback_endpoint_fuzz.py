@@ -2,9 +2,10 @@
 
 The OpenAPI fuzz cannot forge callback tokens (hundreds of requests, none got past the
 check). Here the tokens are real: one call is placed, and hypothesis posts Exotel-shaped
-callbacks, good and hostile, to its StatusCallback URL. No answer may be a server error,
-and the call must stay readable, alone and in the list, whatever was posted (issue 11,
-items 1, 7 and 21).
+callbacks, good and hostile, to its StatusCallback URL. No answer may be a server error;
+the applier (in the background) must process every stored callback; and the call must
+stay readable, alone and in the list, and keep the first terminal status it was given,
+whatever was posted (issue 11, items 1, 7, 12 and 21).
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import pytest
 import respx
 from hypothesis import HealthCheck, given, settings
 
+from app.calls.apply import is_terminal
 from app.main import create_app
-from tests.conftest import EXOTEL_CALLS, WRITER_KEY, make_settings
+from tests.conftest import EXOTEL_CALLS, WRITER_KEY, AppliedFirst, make_settings
 from tests.exotel_callbacks import place_calls
 from tests.fuzz.exotel_strategies import SID, callback_bodies
 
@@ -37,6 +39,8 @@ class Endpoint:
     client: httpx.AsyncClient
     callback_url: str
     call_id: str
+    # The call's first terminal status, once it has one: it must stand.
+    finished_as: list[str] = field(default_factory=list)
 
     def run(self, coroutine: object) -> httpx.Response:
         return self.loop.run_until_complete(coroutine)  # type: ignore[arg-type]
@@ -52,7 +56,9 @@ def endpoint(database_url: str) -> Iterator[Endpoint]:
         await stack.enter_async_context(app.router.lifespan_context(app))
         client = await stack.enter_async_context(
             httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
+                # Reads wait until the applier has processed every stored callback: a
+                # callback it cannot process fails the test with a timeout.
+                transport=AppliedFirst(app),
                 base_url="http://callbridge.test",
                 headers={"Authorization": f"Bearer {WRITER_KEY}"},
             )
@@ -91,5 +97,12 @@ def test_no_callback_is_a_server_error_and_the_call_stays_readable(
     if answer.status_code >= 400:
         assert answer.headers["content-type"] == "application/problem+json"
 
-    for path in (f"/calls/{endpoint.call_id}", f"/calls/{endpoint.call_id}/events", "/calls"):
+    for path in (f"/calls/{endpoint.call_id}/events", "/calls"):
         assert endpoint.run(endpoint.client.get(path)).status_code == 200
+    read = endpoint.run(endpoint.client.get(f"/calls/{endpoint.call_id}"))
+    assert read.status_code == 200
+    status = read.json()["status"]
+    if endpoint.finished_as:
+        assert status == endpoint.finished_as[0]
+    elif is_terminal(status):
+        endpoint.finished_as.append(status)

@@ -23,6 +23,7 @@ from app.calls.service import CLAIM_GRACE
 from app.claims import ClaimKind, SessionClaims, held
 from app.db import PROJECT_ROOT
 from app.exotel.client import ExotelClient, build_http_client
+from app.exotel.limits import longest_call
 from app.exotel.schemas import TERMINAL_STATUSES
 from app.jobs.reconciler import (
     ABANDONED,
@@ -198,7 +199,7 @@ def ambiguous_count() -> float:
     return value or 0.0
 
 
-async def test_an_unknown_call_with_no_match_fails_after_the_grace_period(
+async def test_an_unknown_call_with_no_match_fails_once_it_could_no_longer_be_running(
     reconciling: Reconciling, exotel: respx.MockRouter
 ) -> None:
     running, reconciler = reconciling.running, reconciling.reconciler()
@@ -228,7 +229,9 @@ async def test_an_unknown_call_with_no_match_fails_after_the_grace_period(
     assert within_grace.next_reconcile_at is not None
     assert within_grace.next_reconcile_at > datetime.now(UTC)
 
-    await make_due(running, call_id, age=timedelta(minutes=11))
+    # No TimeLimit: it could talk for Exotel's 4 hours after ringing both legs a minute.
+    could_run = longest_call(None, None)
+    await make_due(running, call_id, age=could_run + timedelta(minutes=11))
     await reconciler.run_once()
 
     failed = (await running.client.get(f"/calls/{call_id}")).json()
@@ -246,6 +249,40 @@ async def test_an_unknown_call_with_no_match_fails_after_the_grace_period(
     )
     assert retry.status_code == 201
     assert retry.json()["sid"] == "retried-sid"
+
+
+async def test_an_unknown_call_is_never_failed_while_it_could_still_be_running(
+    reconciling: Reconciling, exotel: respx.MockRouter
+) -> None:
+    # Bulk call details do not list a call that is still talking (issue 10, item 4).
+    running, reconciler = reconciling.running, reconciling.reconciler()
+    request = {"from": FROM, "to": TO, "time_limit": 3600, "time_out": 30}
+    exotel.post("/connect.json").mock(side_effect=httpx.ReadTimeout("no answer"))
+    lost = await running.client.post("/calls", json=request, headers={"Idempotency-Key": "k-9"})
+    call_id = lost.json()["id"]
+    bulk = exotel.get(".json").respond(200, json=listing())
+    could_run = longest_call(30, 3600)  # an hour and two 30 s rings
+    grace = timedelta(seconds=running.app.state.settings.reconcile_unknown_grace_s)
+
+    # Long past the grace, but it may still be talking: it stays unknown, its key a 504.
+    await make_due(running, call_id, age=could_run + grace - timedelta(minutes=1))
+    await reconciler.run_once()
+
+    call = await call_row(running, call_id)
+    assert call.status == "unknown"
+    assert call.idempotency_key == "k-9"
+    # The next look comes no later than the moment "not listed" will mean "not placed".
+    assert call.next_reconcile_at is not None
+    assert call.next_reconcile_at <= call.created_at + could_run + grace
+    replay = await running.client.post("/calls", json=request, headers={"Idempotency-Key": "k-9"})
+    assert replay.status_code == 504
+    assert replay.json()["id"] == call_id
+
+    await make_due(running, call_id, age=could_run + grace + timedelta(seconds=1))
+    await reconciler.run_once()
+
+    assert (await call_row(running, call_id)).status == "failed"
+    assert bulk.call_count == 2
 
 
 async def test_several_matches_leave_the_call_unknown(

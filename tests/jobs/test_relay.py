@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,9 @@ async def apply(running: RunningApp, call_id: str, update: CallUpdate) -> None:
     """What a status callback does to the call (and the reconciler, through the same path)."""
     async with running.app.state.engine.begin() as conn:
         [call] = (await store.lock(conn, [uuid.UUID(call_id)])).values()
-        await store.save_applied(conn, [(call, apply_update(call, update))])
+        await store.save_applied(
+            conn, [(call, apply_update(call, update))], details_after=timedelta(seconds=180)
+        )
 
 
 async def notify_state(running: RunningApp, call_id: str) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import datetime, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from app.calls.apply import apply_update
@@ -141,22 +142,75 @@ def test_a_terminal_status_wins_over_a_running_one_whatever_the_clocks() -> None
     assert call.status == "completed"
 
 
-def test_among_terminal_updates_the_newest_wins() -> None:
+def test_the_first_terminal_status_stands() -> None:
     call = pending_call()
     apply_update(call, terminal(status="busy"))
+    before = snapshot(call)
 
-    older = apply_update(call, terminal(status="failed", date_updated=ENDED - timedelta(seconds=1)))
-    undated = apply_update(call, terminal(status="failed", date_updated=None))
-    assert not older.changed
-    assert not undated.changed
+    for date_updated in (ENDED - timedelta(seconds=1), None, ENDED + timedelta(minutes=5)):
+        conflicting = apply_update(
+            call,
+            terminal(
+                status="completed",
+                date_updated=date_updated,
+                conversation_duration=99,
+                legs=(LegUpdate(leg=1, status="completed", on_call_duration=99),),
+            ),
+        )
+        assert conflicting.conflicting
+        assert not conflicting.changed
+        assert not conflicting.became_terminal
+        assert snapshot(call) == before
     assert call.status == "busy"
 
-    newer = apply_update(
-        call, terminal(status="no-answer", date_updated=ENDED + timedelta(seconds=1))
+
+def test_a_conflicting_terminal_update_only_fills_gaps() -> None:
+    """Exotel's call details may name another outcome than its callback did; the price they
+    bring, which the callback could not, is still wanted."""
+    call = pending_call()
+    apply_update(call, terminal(status="no-answer"))
+    details = apply_update(
+        call, terminal(status="completed", price="1.5", conversation_duration=99)
     )
-    assert newer.changed
-    assert not newer.became_terminal
-    assert (call.status, call.exotel_updated_at) == ("no-answer", ENDED + timedelta(seconds=1))
+    assert details.conflicting
+    assert details.changed
+    assert (call.status, call.price, call.conversation_duration) == (
+        "no-answer",
+        Decimal("1.5"),
+        32,
+    )
+    assert call.exotel_updated_at == ENDED
+
+
+def test_the_same_terminal_status_again_is_no_conflict() -> None:
+    call = pending_call()
+    apply_update(call, terminal(recording_url=None))
+    later = apply_update(call, terminal(date_updated=ENDED + timedelta(seconds=5)))
+    assert not later.conflicting
+    assert later.changed
+    assert (call.status, call.recording_url) == ("completed", RECORDING)
+
+
+def test_a_call_never_ends_before_it_starts() -> None:
+    call = pending_call()
+    apply_update(call, connect_answer())
+    early_end = apply_update(call, terminal(end_time=CREATED - timedelta(seconds=1)))
+    assert early_end.became_terminal
+    assert call.end_time is None
+
+    call = pending_call()
+    backwards = apply_update(
+        call, terminal(start_time=ENDED, end_time=ENDED - timedelta(seconds=30))
+    )
+    assert backwards.became_terminal
+    assert (call.start_time, call.end_time) == (None, None)
+
+    call = pending_call()
+    apply_update(call, terminal())
+    apply_update(call, connect_answer(start_time=ENDED + timedelta(seconds=1), status=None))
+    assert (call.start_time, call.end_time) == (None, ENDED)
+    apply_update(call, connect_answer(status=None))
+    assert (call.start_time, call.end_time) == (CREATED, ENDED)
 
 
 def test_running_statuses_follow_date_updated() -> None:
@@ -237,3 +291,16 @@ def test_a_call_exotel_names_keeps_no_error() -> None:
     assert applied.changed
     assert (call.sid, call.status) == (SID, "completed")
     assert CallOut.from_state(call).error is None
+
+
+def test_a_leg_named_twice_in_one_message_is_taken_as_first_said() -> None:
+    update = terminal(
+        legs=(
+            LegUpdate(leg=1, status="completed", answered_by="human"),
+            LegUpdate(leg=1, status="busy", answered_by="machine"),
+        )
+    )
+    assert update.legs == (LegUpdate(leg=1, status="completed", answered_by="human"),)
+    call = pending_call()
+    apply_update(call, update)
+    assert not apply_update(call, update).changed

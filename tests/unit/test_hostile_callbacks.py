@@ -11,12 +11,22 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import String
 
+from app.calls.models import Call, Leg
 from app.exotel.callbacks import InvalidCallback, UnreadableCallback, parse_callback
-from app.exotel.schemas import ExotelCall, ExotelCallback, LegUpdate
+from app.exotel.schemas import (
+    SID_CHARS,
+    WORD_CHARS,
+    CallUpdate,
+    ExotelCall,
+    ExotelCallback,
+    LegUpdate,
+)
 from tests.exotel_callbacks import SAMPLE_SID as SID
 from tests.exotel_callbacks import Fields, as_urlencoded
 
@@ -258,3 +268,31 @@ def test_values_read_once_survive_being_validated_again() -> None:
     # "1E-7", which is no plain decimal as text.
     call = ExotelCall.model_validate({"Sid": SID, "Price": "0.0000001", "Duration": 41})
     assert (call.to_update().price, call.to_update().duration) == (Decimal("1E-7"), 41)
+
+
+def test_text_longer_than_its_column_is_not_said() -> None:
+    """The bounds the parser keeps are the sizes of the columns the values go to."""
+
+    def length(column: Any) -> int | None:
+        assert isinstance(column.type, String)
+        return column.type.length
+
+    columns = Call.__table__.c
+    assert length(columns.sid) == SID_CHARS
+    assert length(columns.direction) == length(columns.answered_by) == WORD_CHARS
+    assert length(Leg.__table__.c.answered_by) == WORD_CHARS
+
+    update = CallUpdate(
+        sid="s" * (SID_CHARS + 1),
+        direction="d" * (WORD_CHARS + 1),
+        answered_by="a" * (WORD_CHARS + 1),
+        legs=(LegUpdate(leg=1, answered_by="a" * (WORD_CHARS + 1)),),
+    )
+    assert (update.sid, update.direction, update.answered_by) == (None, None, None)
+    assert update.legs[0].answered_by is None
+    fitting = CallUpdate(sid="s" * SID_CHARS, direction=" outbound-api ", answered_by="Human")
+    assert (fitting.sid, fitting.direction, fitting.answered_by) == (
+        "s" * SID_CHARS,
+        "outbound-api",
+        "human",
+    )
