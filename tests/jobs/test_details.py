@@ -19,6 +19,7 @@ from app.calls.models import Call, CallEvent, Leg, Notification
 from app.exotel.client import ExotelClient, build_http_client
 from app.exotel.schemas import EXOTEL_TIMEZONE
 from app.jobs.details import GAVE_UP, GIVE_UP_AFTER, DetailsJob
+from app.limits.budget import LimitReached, Priority
 from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE, callbacks_applied
 from tests.exotel_callbacks import callback, form_of
 from tests.exotel_samples import connect_answer
@@ -267,3 +268,54 @@ async def test_exotel_failing_leaves_the_calls_waiting_for_their_next_look(
     assert stored.details_next_at is not None
     assert stored.details_next_at > datetime.now(UTC) + timedelta(seconds=170)
     assert await events_of(running, str(call.id)) == []
+
+
+async def test_a_run_looks_at_every_due_batch_the_fleet_budget_allows(
+    start_app: AppFactory, exotel: respx.MockRouter
+) -> None:
+    """No share of the limit per process: only the fleet limiter holds looks back."""
+    running = await start_app(run_jobs=False, exotel_requests_per_minute=3)
+    calls = await finished_calls(running, 150)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sids = request.url.params["Sid"].split(",")
+        return httpx.Response(200, json=listing(*(listed(sid, figures=True) for sid in sids)))
+
+    bulk = exotel.get(".json").mock(side_effect=answer)
+    async with build_http_client(
+        EXOTEL_BASE, api_key="exotel-key", api_token="exotel-token", timeout_s=1
+    ) as http:
+        exotel_client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=Unlimited())
+        # At 3 a minute, a third of the limit per run allowed one batch a run.
+        looked_at = await DetailsJob(
+            running.app.state.sessions, exotel_client, running.app.state.settings
+        ).run_once()
+
+    assert looked_at == len(calls)
+    assert bulk.call_count == 2
+
+
+class NoPlaceToSpare:
+    async def acquire(self, priority: Priority, *, sending: uuid.UUID | None = None) -> None:
+        raise LimitReached(retry_after_s=1)
+
+
+async def test_a_run_stops_when_the_fleet_budget_has_no_place_to_spare(
+    start_app: AppFactory, exotel: respx.MockRouter
+) -> None:
+    running = await start_app(run_jobs=False)
+    [call] = await finished_calls(running, 1)
+
+    async with build_http_client(
+        EXOTEL_BASE, api_key="exotel-key", api_token="exotel-token", timeout_s=1
+    ) as http:
+        full = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=NoPlaceToSpare())
+        looked_at = await DetailsJob(
+            running.app.state.sessions, full, running.app.state.settings
+        ).run_once()
+
+    assert looked_at == 0
+    stored = await call_row(running, str(call.id))
+    assert stored.details_looks == 0
+    assert stored.details_next_at is not None
+    assert stored.details_next_at <= datetime.now(UTC)  # still due, for the next run
