@@ -109,6 +109,10 @@ def unheld(kind: ClaimKind, id_column: ColumnElement[uuid.UUID]) -> ColumnElemen
     return key_of(kind, id_column).not_in(_HELD_KEYS.subquery().select())
 
 
+# How long closing waits for background claims and releases still under way.
+CLOSE_WAIT_S = 2.0
+
+
 class SessionClaims:
     """This process's claims, held on one dedicated connection.
 
@@ -131,9 +135,13 @@ class SessionClaims:
     async def close(self) -> None:
         """Release every claim (by ending the session) and the connection."""
         self._started = False
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        # Let background claims and releases finish (each is one short statement, or a
+        # failure at once) rather than cut them mid-statement or mid-connect.
+        if self._background:
+            _, unfinished = await asyncio.wait(set(self._background), timeout=CLOSE_WAIT_S)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
