@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
             # The environment, not an argument: uvicorn's worker processes inherit it.
             os.environ["CALLBRIDGE_SIMULATOR"] = "true"
         settings = _settings_or_exit()
+        if not settings.live and "public_base_url" not in settings.model_fields_set:
+            # The mounted simulator calls back (and is called) through PUBLIC_BASE_URL:
+            # unset, it is where this server listens, whatever --port says.
+            os.environ["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{args.port}"
         if not settings.live and not settings.api_clients and not _is_loopback(args.host):
             report_config_error(
                 ConfigError(
