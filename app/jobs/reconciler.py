@@ -51,6 +51,7 @@ import contextlib
 import dataclasses
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -360,23 +361,8 @@ class Reconciler:
                 await _schedule(session, due.id, datetime.now(UTC))
                 return "maybe_sent"
             call = await _lock(session, due.id)
-            applied = apply_update(call, CallUpdate(status="failed"))
-            await store.save_applied(
-                await session.connection(), [(call, applied)], details_after=self._details_after
-            )
-            record = json.dumps({"ConnectReserved": False}).encode()
-            await _store_event(session, call.id, None, "never_sent", "failed", record, applied)
-            await session.execute(
-                update(Call)
-                .where(Call.id == call.id)
-                .values(
-                    error_status=None,
-                    error_code=None,
-                    error_message=NEVER_SENT,
-                    idempotency_key=None,
-                    updated_at=Call.updated_at,
-                )
-            )
+            record = {"ConnectReserved": False}
+            await self._fail_unplaced(session, call, NEVER_SENT, "never_sent", record)
         log.warning("reconcile_never_sent", call_id=str(due.id))
         return "never_sent"
 
@@ -471,27 +457,37 @@ class Reconciler:
             )
             # Our conclusion rather than an Exotel message: what was searched and seen.
             record = {"To": due.to_number, "DateCreated": window, "Listed": [c.sid for c in listed]}
-            applied = apply_update(call, CallUpdate(status="failed"))
-            await store.save_applied(
-                await session.connection(), [(call, applied)], details_after=self._details_after
-            )
-            await _store_event(
-                session, call.id, None, "not_found", "failed", json.dumps(record).encode(), applied
-            )
-            # Like any failure a retry may cure (see CallService), the key is released.
-            await session.execute(
-                update(Call)
-                .where(Call.id == call.id)
-                .values(
-                    error_status=None,
-                    error_code=None,
-                    error_message=NOT_PLACED,
-                    idempotency_key=None,
-                    updated_at=Call.updated_at,
-                )
-            )
+            await self._fail_unplaced(session, call, NOT_PLACED, "not_found", record)
         log.warning("reconcile_not_placed", call_id=str(due.id))
         return "not_placed"
+
+    async def _fail_unplaced(
+        self,
+        session: AsyncSession,
+        call: CallState,
+        reason: str,
+        event_type: str,
+        record: Mapping[str, object],
+    ) -> None:
+        """Fail a call found never placed, with `record` (what was concluded from) as its
+        event; like any failure a retry may cure (see CallService), the key is released."""
+        applied = apply_update(call, CallUpdate(status="failed"))
+        await store.save_applied(
+            await session.connection(), [(call, applied)], details_after=self._details_after
+        )
+        raw = json.dumps(record).encode()
+        await _store_event(session, call.id, None, event_type, "failed", raw, applied)
+        await session.execute(
+            update(Call)
+            .where(Call.id == call.id)
+            .values(
+                error_status=None,
+                error_code=None,
+                error_message=reason,
+                idempotency_key=None,
+                updated_at=Call.updated_at,
+            )
+        )
 
     def _same_number(self, exotel_number: str | None, ours: str) -> bool:
         return exotel_number is not None and to_e164(exotel_number, self._country) == ours
