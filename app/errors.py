@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,8 +20,16 @@ log = structlog.get_logger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://callbridge.internal/problems/"
-# What a lost or refused database connection, or an exhausted pool, raises.
-DATABASE_DOWN_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
+# What a lost or refused database connection, or an exhausted pool, raises: through
+# SQLAlchemy, or on the hot paths' plain psycopg pool (whose PoolTimeout is an
+# OperationalError).
+DATABASE_DOWN_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 DATABASE_RETRY_AFTER_S = 5
 
 

@@ -30,7 +30,14 @@ from app.config import (
     get_settings,
     report_config_error,
 )
-from app.db import create_engine, create_sessionmaker, migrate, wait_for_database
+from app.db import (
+    create_engine,
+    create_pool,
+    create_sessionmaker,
+    migrate,
+    open_pool,
+    wait_for_database,
+)
 from app.embedded import EmbeddedPostgres
 from app.errors import install_error_handlers
 from app.exotel.client import ExotelClient, build_http_client
@@ -153,6 +160,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate, database_url)
         sessions = create_sessionmaker(engine)
         app.state.engine = engine
+        pool = create_pool(database_url)
+        await open_pool(pool)
+        stack.push_async_callback(pool.close)
+        app.state.pool = pool
 
         callback_secret = (
             settings.callback_secret.get_secret_value()
@@ -171,7 +182,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.tokens = CallbackTokens(callback_secret)
         app.state.notify_allowed_hosts = settings.notify_allowed_hosts
         exotel = await _exotel_client(app, settings, stack, engine)
-        app.state.callback_inbox = CallbackInbox(engine)
+        app.state.callback_inbox = CallbackInbox(pool)
         # The applier's own connection: it never queues behind requests for one of theirs.
         applier_engine = create_engine(database_url, pool_size=1)
         stack.push_async_callback(applier_engine.dispose)
@@ -189,6 +200,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.claims = claims
         app.state.calls = CallService(
             engine,
+            pool,
             exotel,
             app.state.tokens,
             claims,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from psycopg_pool import AsyncConnectionPool
 
 from app.errors import Problem
 from app.exotel.schemas import ExotelCallback
@@ -29,26 +29,24 @@ CONTENT_TYPE_COLUMN = 255
 # A token speaks for one call: its callbacks may carry that call's Sid, or, while the
 # call has none yet (the connect answer is not stored, or was lost), a Sid no other call
 # has. Checked and stored in one statement; `pg_notify` is delivered at its commit.
-_STORE = text(
-    """
+_STORE = """
     WITH stored AS (
         INSERT INTO call_events (call_id, call_sid, source, event_type, status, content_type,
                                  raw_body, applied, received_at, processed_at)
-        SELECT calls.id, CAST(:sid AS varchar), 'callback', :event_type, :status,
-               :content_type, :raw_body, false, :received_at,
-               CASE WHEN :applicable THEN NULL ELSE CAST(:received_at AS timestamptz) END
+        SELECT calls.id, CAST(%(sid)s AS varchar), 'callback', %(event_type)s, %(status)s,
+               %(content_type)s, %(raw_body)s, false, %(received_at)s,
+               CASE WHEN %(applicable)s THEN NULL ELSE CAST(%(received_at)s AS timestamptz) END
         FROM calls
-        WHERE calls.id = :call_id
-          AND (CAST(:sid AS varchar) IS NULL
-               OR calls.sid = :sid
+        WHERE calls.id = %(call_id)s
+          AND (CAST(%(sid)s AS varchar) IS NULL
+               OR calls.sid = %(sid)s
                OR (calls.sid IS NULL
-                   AND NOT EXISTS (SELECT FROM calls AS owner WHERE owner.sid = :sid)))
+                   AND NOT EXISTS (SELECT FROM calls AS owner WHERE owner.sid = %(sid)s)))
         RETURNING id
     )
-    SELECT id, pg_notify(:channel, '') FROM stored
-    """
-)
-_CALL_SID = text("SELECT sid FROM calls WHERE id = :call_id")
+    SELECT id, pg_notify(%(channel)s, '') FROM stored
+"""
+_CALL_SID = "SELECT sid FROM calls WHERE id = %(call_id)s"
 
 
 @dataclass(frozen=True)
@@ -71,15 +69,15 @@ def _column_text(value: str | None, length: int) -> str | None:
 
 
 class CallbackInbox:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
 
     async def store(self, received: ReceivedCallback) -> None:
         """Store the callback durably, or raise the Problem that refuses it (404, 403)."""
         callback = received.callback
         sid = _column_text(callback.call_sid, SID_COLUMN) if callback else None
-        async with self._engine.connect() as conn:
-            stored = (
+        async with self._pool.connection() as conn:
+            stored = await (
                 await conn.execute(
                     _STORE,
                     {
@@ -96,16 +94,16 @@ class CallbackInbox:
                         "channel": CALLBACKS_CHANNEL,
                     },
                 )
-            ).first()
+            ).fetchone()
             if stored is not None:
                 return
             # Refused: say why (the rare path may take a second round trip).
-            found = (await conn.execute(_CALL_SID, {"call_id": received.call_id})).first()
+            found = await (await conn.execute(_CALL_SID, {"call_id": received.call_id})).fetchone()
         if found is None:
             # Only possible if the call was deleted: tokens are made for stored calls.
             raise Problem(404, "call-not-found", "The token names no stored call")
         log.warning(
-            "callback_sid_mismatch", call_id=str(received.call_id), call_sid=found.sid, sid=sid
+            "callback_sid_mismatch", call_id=str(received.call_id), call_sid=found[0], sid=sid
         )
         raise Problem(
             403,

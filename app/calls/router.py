@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
 
 from app.auth import Reader
 from app.calls.openapi import (
@@ -54,11 +53,6 @@ def _json_body(request: Request) -> None:
     main_type, _, subtype = media_type.partition("/")
     if main_type != "application" or not (subtype == "json" or subtype.endswith("+json")):
         raise Problem(415, "unsupported-media-type", "The body must be JSON (application/json)")
-
-
-def _json(model: BaseModel) -> Response:
-    """The model as JSON, as `response_model` would render it, without validating it again."""
-    return Response(model.model_dump_json(by_alias=True), media_type="application/json")
 
 
 @router.post(
@@ -117,10 +111,8 @@ async def list_calls(
         created_after=created_after,
         created_before=created_before,
     )
-    calls, next_cursor = await service.list(filters, limit=limit, cursor=cursor)
-    return _json(
-        CallPage(items=[CallOut.from_state(call) for call in calls], next_cursor=next_cursor)
-    )
+    page = await service.list(filters, limit=limit, cursor=cursor)
+    return Response(page, media_type="application/json")
 
 
 @router.get(
@@ -130,7 +122,7 @@ async def list_calls(
     responses=READ_RESPONSES,
 )
 async def get_call(ref: CallRef, request: Request, _: Reader) -> Response:
-    return _json(CallOut.from_state(await _service(request).get(ref)))
+    return Response(await _service(request).get_resource(ref), media_type="application/json")
 
 
 @router.get(

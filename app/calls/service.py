@@ -23,7 +23,8 @@ from typing import Any
 
 import phonenumbers
 import structlog
-from sqlalchemy import Select, and_, literal, select, tuple_, union_all
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import and_, literal, select, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -120,8 +121,8 @@ def call_location(call: CallState) -> str:
     return f"/calls/{call.sid or call.id}"
 
 
-def encode_cursor(call: CallState) -> str:
-    raw = json.dumps([call.created_at.isoformat(), str(call.id)]).encode()
+def encode_cursor(created_at: datetime, call_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(call_id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -152,6 +153,7 @@ class CallService:
     def __init__(
         self,
         engine: AsyncEngine,
+        pool: AsyncConnectionPool[Any],
         exotel: ExotelClient,
         tokens: CallbackTokens,
         claims: SessionClaims,
@@ -165,6 +167,7 @@ class CallService:
         self._engine = engine
         # Single statements need no BEGIN/COMMIT of their own.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._pool = pool
         self._exotel = exotel
         self._tokens = tokens
         self._claims = claims
@@ -574,8 +577,16 @@ class CallService:
         async with self._autocommit.connect() as conn:
             call = await store.read_by_ref(conn, ref)
         if call is None:
-            raise Problem(404, "call-not-found", f"No call has the sid or id {ref!r}")
+            raise _not_found(ref)
         return call
+
+    async def get_resource(self, ref: str) -> str:
+        """The call resource as JSON, by the call's Exotel Sid or its id (1 round trip)."""
+        async with self._pool.connection() as conn:
+            resource = await store.read_resource(conn, ref)
+        if resource is None:
+            raise _not_found(ref)
+        return resource
 
     async def recording(self, ref: str, range_header: str | None) -> StreamingResponse:
         """The call's recording, streamed from Exotel (app/calls/recording.py)."""
@@ -591,41 +602,41 @@ class CallService:
         async with self._autocommit.connect() as conn:
             return list((await conn.execute(query)).all())
 
-    async def list(
-        self, filters: CallFilters, *, limit: int, cursor: str | None
-    ) -> tuple[list[CallState], str | None]:
-        query = self._filtered(filters)
+    async def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> str:
+        """A page of GET /calls, as JSON (1 round trip)."""
+        conditions = self._conditions(filters)
         if cursor is not None:
-            created_at, call_id = decode_cursor(cursor)
-            query = query.where(tuple_(calls.c.created_at, calls.c.id) < (created_at, call_id))
-        query = query.order_by(calls.c.created_at.desc(), calls.c.id.desc()).limit(limit + 1)
-        async with self._autocommit.connect() as conn:
-            found = [store.state_from_row(row) for row in await conn.execute(query)]
-        if len(found) <= limit:
-            return found, None
-        return found[:limit], encode_cursor(found[limit - 1])
+            conditions["cursor"] = decode_cursor(cursor)
+        async with self._pool.connection() as conn:
+            found = await store.read_page(conn, conditions, limit + 1)
+        next_cursor = None
+        if len(found) > limit:
+            found = found[:limit]
+            _, created_at, call_id = found[-1]
+            next_cursor = encode_cursor(created_at, call_id)
+        items = ",".join(resource for resource, _, _ in found)
+        return f'{{"items":[{items}],"next_cursor":{json.dumps(next_cursor)}}}'
 
-    def _filtered(self, filters: CallFilters) -> Select[Any]:
-        query = store.call_query()
+    def _conditions(self, filters: CallFilters) -> dict[str, Any]:
+        """The filters as store.read_page takes them; numbers in E.164, or a 422."""
+        conditions: dict[str, Any] = {
+            name: getattr(filters, name)
+            for name in ("status", "custom_field", "created_after", "created_before")
+            if getattr(filters, name) is not None
+        }
         errors = []
-        for name, column, value in (
-            ("from", calls.c.from_number, filters.from_number),
-            ("to", calls.c.to_number, filters.to_number),
-        ):
+        for field_name, name in (("from", "from_number"), ("to", "to_number")):
+            value = getattr(filters, name)
             if value is None:
                 continue
             normalised = to_e164(value, self._default_country)
             if normalised is None:
-                errors.append({"field": name, "message": "Not a valid phone number"})
-            query = query.where(column == normalised)
+                errors.append({"field": field_name, "message": "Not a valid phone number"})
+            conditions[name] = normalised
         if errors:
             raise validation_problem(errors)
-        if filters.status is not None:
-            query = query.where(calls.c.status == filters.status)
-        if filters.custom_field is not None:
-            query = query.where(calls.c.custom_field == filters.custom_field)
-        if filters.created_after is not None:
-            query = query.where(calls.c.created_at >= filters.created_after)
-        if filters.created_before is not None:
-            query = query.where(calls.c.created_at < filters.created_before)
-        return query
+        return conditions
+
+
+def _not_found(ref: str) -> Problem:
+    return Problem(404, "call-not-found", f"No call has the sid or id {ref!r}")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -126,6 +127,101 @@ _BY_SID_OR_ID = (
     .where((calls.c.sid == bindparam("ref")) | (calls.c.id == bindparam("call_id")))
     .limit(1)
 )
+
+
+def _utc_text(column: str) -> str:
+    """A timestamptz as the API writes times (as pydantic does): UTC, `Z`, microseconds
+    only when there are any."""
+    return (
+        f"CASE WHEN date_trunc('second', {column}) = {column} "
+        f"""THEN to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') """
+        f"""ELSE to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END"""
+    )
+
+
+# The call resource (CallOut: the same fields, values and order), built by Postgres, so
+# that a read costs the service one statement and no object per row. Tested equal to
+# CallOut.from_state. (Statements here are put together from constants only.)
+CALL_RESOURCE_JSON = f"""
+json_build_object(
+    'id', c.id, 'sid', c.sid, 'status', c.status, 'from', c.from_number,
+    'to', c.to_number, 'caller_id', c.caller_id, 'direction', c.direction,
+    'custom_field', c.custom_field,
+    'created_at', {_utc_text("c.created_at")}, 'updated_at', {_utc_text("c.updated_at")},
+    'start_time', {_utc_text("c.start_time")}, 'end_time', {_utc_text("c.end_time")},
+    'duration', c.duration, 'conversation_duration', c.conversation_duration,
+    'price', c.price::float8, 'recording_url', c.recording_url, 'answered_by', c.answered_by,
+    'legs', coalesce((
+        SELECT json_agg(json_build_object('leg', l.leg, 'number', l.number,
+                                          'status', l.status,
+                                          'on_call_duration', l.on_call_duration)
+                        ORDER BY l.leg)
+        FROM call_legs l WHERE l.call_id = c.id), '[]'::json),
+    'error', CASE WHEN c.error_message IS NOT NULL OR c.error_status IS NOT NULL THEN
+        json_build_object('status', c.error_status, 'code', c.error_code,
+                          'message', c.error_message) END,
+    'notify', CASE WHEN n.call_id IS NOT NULL THEN
+        json_build_object('status', n.status, 'attempts', n.attempts,
+                          'last_error', n.last_error) END
+)::text
+"""  # noqa: S608
+_RESOURCE_FROM = (
+    f"FROM calls c LEFT JOIN notifications n ON n.call_id = c.id AND n.event_type = '{FINISHED}'"
+)
+_RESOURCE_BY_ID = f"SELECT {CALL_RESOURCE_JSON} {_RESOURCE_FROM} WHERE c.id = %(id)s"
+_RESOURCE_BY_SID = f"SELECT {CALL_RESOURCE_JSON} {_RESOURCE_FROM} WHERE c.sid = %(ref)s LIMIT 1"
+_RESOURCE_BY_SID_OR_ID = (
+    f"SELECT {CALL_RESOURCE_JSON} {_RESOURCE_FROM} WHERE c.sid = %(ref)s OR c.id = %(id)s LIMIT 1"
+)
+# Filters of GET /calls: query field -> condition on `calls c`.
+PAGE_CONDITIONS = {
+    "status": "c.status = %(status)s",
+    "from_number": "c.from_number = %(from_number)s",
+    "to_number": "c.to_number = %(to_number)s",
+    "custom_field": "c.custom_field = %(custom_field)s",
+    "created_after": "c.created_at >= %(created_after)s",
+    "created_before": "c.created_at < %(created_before)s",
+    "cursor": "(c.created_at, c.id) < (%(cursor_created_at)s, %(cursor_id)s)",
+}
+
+
+async def read_resource(conn: psycopg.AsyncConnection[Any], ref: str) -> str | None:
+    """The call resource as JSON, of the call whose Exotel Sid, or else whose id, `ref`
+    is (1 round trip)."""
+    try:
+        call_id = uuid.UUID(ref)
+    except ValueError:
+        cursor = await conn.execute(_RESOURCE_BY_SID, {"ref": ref})
+    else:
+        cursor = await conn.execute(_RESOURCE_BY_SID_OR_ID, {"ref": ref, "id": call_id})
+    row = await cursor.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def read_resource_by_id(conn: psycopg.AsyncConnection[Any], call_id: uuid.UUID) -> str:
+    """The call resource as JSON, of a call known to exist (1 round trip)."""
+    row = await (await conn.execute(_RESOURCE_BY_ID, {"id": call_id})).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def read_page(
+    conn: psycopg.AsyncConnection[Any], filters: dict[str, Any], limit: int
+) -> list[tuple[str, datetime, uuid.UUID]]:
+    """Up to `limit` calls matching `filters` (keys of PAGE_CONDITIONS; `cursor` as
+    `cursor_created_at` and `cursor_id`), newest first: (resource JSON, created_at, id)
+    each (1 round trip)."""
+    conditions = [condition for name, condition in PAGE_CONDITIONS.items() if name in filters]
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    query = (
+        f"SELECT {CALL_RESOURCE_JSON}, c.created_at, c.id {_RESOURCE_FROM} {where} "
+        "ORDER BY c.created_at DESC, c.id DESC LIMIT %(limit)s"
+    )
+    params = {**filters, "limit": limit}
+    if "cursor" in filters:
+        params["cursor_created_at"], params["cursor_id"] = filters["cursor"]
+    cursor = await conn.execute(query, params)
+    return [(str(row[0]), row[1], row[2]) for row in await cursor.fetchall()]
 
 
 async def read(conn: AsyncConnection, call_id: uuid.UUID) -> CallState | None:
