@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import ApiKeys
 from app.callbacks.applier import running_applier
-from app.callbacks.router import router as callbacks_router
+from app.callbacks.router import CALLBACK_PATH, exotel_callback
+from app.callbacks.router import OPENAPI as CALLBACK_OPENAPI
 from app.callbacks.service import CallbackInbox
 from app.calls.router import router as calls_router
 from app.calls.service import CallService
@@ -239,12 +240,12 @@ def create_app(settings: Settings | None = None, *, serves_http: bool = True) ->
     app.state.settings = settings
     app.state.serves_http = serves_http
     install_error_handlers(app)
-    install_openapi(app)
+    install_openapi(app, extra_operations={CALLBACK_PATH: {"post": CALLBACK_OPENAPI}})
     # The last added runs first: the request log sees (and counts) the 413s too.
     app.add_middleware(BodyLimitsMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestLogMiddleware)
+    app.add_route(CALLBACK_PATH, exotel_callback, methods=["POST"], include_in_schema=False)
     app.include_router(calls_router)
-    app.include_router(callbacks_router)
     app.include_router(ops_router)
     return app
 

@@ -8,11 +8,13 @@ can be refused while it streams in.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 import uuid
 
 import structlog
+from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +39,10 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Probes and scrapes arrive every few seconds; at info they would drown the log.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# Successful reads (dashboards poll) and acknowledged callbacks (several per call) are
+# most of the traffic: the metrics count them, and a line each at info would cost more
+# CPU than answering them. They are logged at debug; what fails, or places a call, at info.
+ROUTINE_WHEN_OK = "/callbacks/exotel"
 # The built-in simulator of simulator mode (app.main.SIMULATOR_PREFIX) answers its
 # deliberate 4xx/5xx there: its traffic is Exotel's, not the service's, so it is neither
 # counted in the HTTP metrics (an alert on 5xx would fire) nor logged as requests.
@@ -62,6 +68,16 @@ def _route_template(scope: Scope) -> str:
     if "endpoint" in scope and not scope.get("path_params"):
         return str(scope["path"])
     return UNMATCHED_ROUTE
+
+
+@functools.cache
+def _metrics(method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    """The request's metrics; looked up once per kind of request (a few dozen in all),
+    not on every request."""
+    return (
+        HTTP_REQUESTS.labels(method, route, str(status)),
+        HTTP_REQUEST_DURATION.labels(method, route),
+    )
 
 
 class RequestLogMiddleware:
@@ -117,9 +133,12 @@ class RequestLogMiddleware:
                     status = CLIENT_CLOSED
                 route = _route_template(scope)
                 method = scope["method"] if scope["method"] in _METHODS else "other"
-                HTTP_REQUESTS.labels(method, route, str(status)).inc()
-                HTTP_REQUEST_DURATION.labels(method, route).observe(duration)
-                quiet = route in QUIET_ROUTES and status < 500
+                requests, durations = _metrics(method, route, status)
+                requests.inc()
+                durations.observe(duration)
+                quiet = (route in QUIET_ROUTES and status < 500) or (
+                    status < 400 and (method == "GET" or route == ROUTINE_WHEN_OK)
+                )
                 (log.debug if quiet else log.info)(
                     "request",
                     method=method,

@@ -43,7 +43,9 @@ def _restore_response_examples(app: FastAPI, document: dict[str, Any]) -> None:
                             documented[key] = media[key]
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, *, extra_operations: dict[str, dict[str, Any]]) -> None:
+    """Complete the document; `extra_operations` (path -> method -> operation) documents
+    the plain Starlette routes, which FastAPI's generator does not see."""
     generate = app.openapi
     completed: dict[str, Any] | None = None
 
@@ -52,6 +54,8 @@ def install_openapi(app: FastAPI) -> None:
         # FastAPI regenerates the document when routes change (a mount in the lifespan).
         document = generate()
         if document is not completed:
+            for path, operations in extra_operations.items():
+                document["paths"].setdefault(path, {}).update(operations)
             _add_problem_schema(document)
             _restore_response_examples(app, document)
             completed = document

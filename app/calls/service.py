@@ -121,8 +121,9 @@ def call_location(call: CallState) -> str:
     return f"/calls/{call.sid or call.id}"
 
 
-def encode_cursor(created_at: datetime, call_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(call_id)]).encode()
+def encode_cursor(created_at: str, call_id: str) -> str:
+    """The cursor of the page after the call created at `created_at` (ISO 8601)."""
+    raw = json.dumps([created_at, call_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

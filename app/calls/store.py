@@ -207,21 +207,22 @@ async def read_resource_by_id(conn: psycopg.AsyncConnection[Any], call_id: uuid.
 
 async def read_page(
     conn: psycopg.AsyncConnection[Any], filters: dict[str, Any], limit: int
-) -> list[tuple[str, datetime, uuid.UUID]]:
+) -> list[tuple[str, str, str]]:
     """Up to `limit` calls matching `filters` (keys of PAGE_CONDITIONS; `cursor` as
-    `cursor_created_at` and `cursor_id`), newest first: (resource JSON, created_at, id)
-    each (1 round trip)."""
+    `cursor_created_at` and `cursor_id`), newest first: (resource JSON, created_at in
+    ISO 8601, id) each, all text, as the page and its cursor use them (1 round trip)."""
     conditions = [condition for name, condition in PAGE_CONDITIONS.items() if name in filters]
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     query = (
-        f"SELECT {CALL_RESOURCE_JSON}, c.created_at, c.id {_RESOURCE_FROM} {where} "
+        f"SELECT {CALL_RESOURCE_JSON}, to_json(c.created_at) #>> '{{}}', c.id::text "
+        f"{_RESOURCE_FROM} {where} "
         "ORDER BY c.created_at DESC, c.id DESC LIMIT %(limit)s"
     )
     params = {**filters, "limit": limit}
     if "cursor" in filters:
         params["cursor_created_at"], params["cursor_id"] = filters["cursor"]
     cursor = await conn.execute(query, params)
-    return [(str(row[0]), row[1], row[2]) for row in await cursor.fetchall()]
+    return await cursor.fetchall()
 
 
 async def read(conn: AsyncConnection, call_id: uuid.UUID) -> CallState | None:
