@@ -9,10 +9,12 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import ApiKeys
@@ -93,7 +95,11 @@ def _settings_or_exit(app: FastAPI) -> Settings:
 
 
 async def _exotel_client(
-    app: FastAPI, settings: Settings, stack: AsyncExitStack, engine: AsyncEngine
+    app: FastAPI,
+    settings: Settings,
+    stack: AsyncExitStack,
+    engine: AsyncEngine,
+    pool: AsyncConnectionPool[Any],
 ) -> ExotelClient:
     if settings.live:
         assert settings.exotel_account_sid is not None
@@ -107,7 +113,7 @@ async def _exotel_client(
         )
         stack.push_async_callback(http.aclose)
         limiter = exotel_limiter(
-            engine, settings.exotel_account_sid, settings.exotel_requests_per_minute
+            pool, settings.exotel_account_sid, settings.exotel_requests_per_minute
         )
         return ExotelClient(http, account_sid=settings.exotel_account_sid, limiter=limiter)
 
@@ -130,7 +136,7 @@ async def _exotel_client(
         "SIMULATOR MODE: calls are simulated and no phone rings",
         simulator_url=settings.public_base_url + SIMULATOR_PREFIX,
     )
-    limiter = exotel_limiter(engine, config.account_sid, settings.exotel_requests_per_minute)
+    limiter = exotel_limiter(pool, config.account_sid, settings.exotel_requests_per_minute)
     return ExotelClient(http, account_sid=config.account_sid, limiter=limiter)
 
 
@@ -179,10 +185,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
         app.state.sessions = sessions
         app.state.ops = OpsService(sessions, exports_fleet_gauges=settings.run_jobs)
-        app.state.call_limiter = client_limiter(engine, settings.calls_per_minute_per_client)
+        app.state.call_limiter = client_limiter(pool, settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
         app.state.notify_allowed_hosts = settings.notify_allowed_hosts
-        exotel = await _exotel_client(app, settings, stack, engine)
+        exotel = await _exotel_client(app, settings, stack, engine, pool)
         app.state.callback_inbox = CallbackInbox(pool)
         # The applier's own connection: it never queues behind requests for one of theirs.
         applier_engine = create_engine(database_url, pool_size=1)

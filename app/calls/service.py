@@ -22,10 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import phonenumbers
+import psycopg
 import structlog
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import and_, literal, select, union_all
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import and_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import StreamingResponse
@@ -35,7 +36,7 @@ from app.calls.apply import apply_update, is_terminal
 from app.calls.recording import stream_recording
 from app.calls.schemas import CallCreate, CallOut
 from app.calls.state import APPLIED_COLUMNS, CallState, LegState
-from app.calls.store import call_events, call_legs, calls
+from app.calls.store import call_events, calls
 from app.calls.tokens import CallbackTokens
 from app.claims import BackgroundClaim, ClaimKind, SessionClaims
 from app.config import ApiClient
@@ -142,6 +143,34 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 _REPLAY_COLUMNS = (calls.c.request_fingerprint, calls.c.response_status, calls.c.response_body)
 
 
+# The columns a new call's row is inserted with (NewCall.values), its legs beside it.
+_NEW_CALL_COLUMNS = (
+    "id",
+    "status",
+    "from_number",
+    "to_number",
+    "caller_id",
+    "api_client",
+    "idempotency_key",
+    "request_fingerprint",
+    "created_at",
+    "updated_at",
+    "next_reconcile_at",
+    *(name for name in CallCreate.model_fields if name not in ("from_", "to", "caller_id")),
+)
+_INSERT_CALL = f"""
+    WITH inserted AS (
+        INSERT INTO calls ({", ".join(_NEW_CALL_COLUMNS)})
+        VALUES ({", ".join(f"%({name})s" for name in _NEW_CALL_COLUMNS)})
+        ON CONFLICT (api_client, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id
+    )
+    INSERT INTO call_legs (call_id, leg, number)
+    SELECT id, 0, %(leg_0)s FROM inserted UNION ALL SELECT id, 1, %(leg_1)s FROM inserted
+    RETURNING call_id
+"""  # noqa: S608 - built from our column names only
+
+
 @dataclass(frozen=True)
 class NewCall:
     """A validated request: the row to insert and the pending call it makes."""
@@ -205,11 +234,13 @@ class CallService:
         claim = self._claims.claim_soon(ClaimKind.PLACING, new.state.id)
         asking = False
         try:
-            async with self._autocommit.connect() as conn:
-                if not await self._insert(conn, new):
-                    # Another request with the same key got there first.
-                    assert idempotency_key is not None
-                    return await self._replay(conn, client, idempotency_key, new), True
+            async with self._pool.connection() as conn:
+                inserted = await self._insert(conn, new)
+            if not inserted:
+                # Another request with the same key got there first.
+                assert idempotency_key is not None
+                async with self._autocommit.connect() as replaying:
+                    return await self._replay(replaying, client, idempotency_key, new), True
             call = new.state
             log.info(
                 "call_pending",
@@ -284,30 +315,11 @@ class CallService:
         return NewCall(values, state)
 
     @staticmethod
-    async def _insert(conn: AsyncConnection, new: NewCall) -> bool:
+    async def _insert(conn: psycopg.AsyncConnection[Any], new: NewCall) -> bool:
         """Commit the pending call and its legs (1 round trip); False if the key is taken."""
-        inserted = (
-            insert(calls)
-            .values(new.values)
-            .on_conflict_do_nothing(
-                index_elements=[calls.c.api_client, calls.c.idempotency_key],
-                index_where=calls.c.idempotency_key.is_not(None),
-            )
-            .returning(calls.c.id)
-            .cte("inserted")
-        )
-        legs = union_all(
-            *(
-                select(inserted.c.id, literal(leg.leg), literal(leg.number))
-                for leg in new.state.legs
-            )
-        )
-        statement = (
-            insert(call_legs)
-            .from_select(["call_id", "leg", "number"], legs)
-            .returning(call_legs.c.call_id)
-        )
-        return (await conn.execute(statement)).first() is not None
+        legs = {f"leg_{leg.leg}": leg.number for leg in new.state.legs}
+        inserted = await (await conn.execute(_INSERT_CALL, {**new.values, **legs})).fetchone()
+        return inserted is not None
 
     async def _replay(
         self, conn: AsyncConnection, client: ApiClient, key: str, new: NewCall
@@ -467,19 +479,19 @@ class CallService:
 
     async def _write_if_untouched(self, pending: CallState, values: dict[str, Any]) -> bool:
         """Write `values` if the row is still as `pending` says (1 round trip)."""
-        async with self._autocommit.connect() as conn:
-            written = await conn.execute(
-                calls.update()
-                .where(
-                    calls.c.id == pending.id,
-                    calls.c.status == "pending",
-                    calls.c.sid.is_(None),
-                    calls.c.updated_at == pending.updated_at,
-                )
-                .values(values)
-                .returning(calls.c.id)
-            )
-            return written.first() is not None
+        if "response_body" in values:
+            values = {**values, "response_body": Jsonb(values["response_body"])}
+        assignments = ", ".join(f"{name} = %({name})s" for name in values)
+        statement = f"""
+            UPDATE calls SET {assignments}
+            WHERE id = %(pending_id)s AND status = 'pending' AND sid IS NULL
+              AND updated_at = %(pending_updated_at)s
+            RETURNING id
+        """  # noqa: S608 - the names are our columns, never a client's
+        params = {**values, "pending_id": pending.id, "pending_updated_at": pending.updated_at}
+        async with self._pool.connection() as conn:
+            written = await (await conn.execute(statement, params)).fetchone()
+        return written is not None
 
     async def _record_failure(self, pending: CallState, exc: ExotelError) -> Answer:
         call = dataclasses.replace(

@@ -13,9 +13,10 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import DateTime, String, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import DateTime, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -39,30 +40,28 @@ class RateLimitBucket(Base):
 # second branch reads the row as the statement found it: the wait it gives is a hint.
 # clock_timestamp(), not now(): a statement that queued on the row lock must see the
 # time it got the lock, not the time its transaction began.
-_RESERVE = text(
-    """
+_RESERVE = """
     WITH reserved AS (
         INSERT INTO rate_limit_buckets AS bucket (key, tat)
-        VALUES (:key, clock_timestamp() + :interval)
+        VALUES (%(key)s, clock_timestamp() + %(interval)s)
         ON CONFLICT (key) DO UPDATE
-            SET tat = greatest(bucket.tat, clock_timestamp()) + :interval
-            WHERE greatest(bucket.tat, clock_timestamp()) + :interval - :tolerance
-                  <= clock_timestamp() + :max_wait
+            SET tat = greatest(bucket.tat, clock_timestamp()) + %(interval)s
+            WHERE greatest(bucket.tat, clock_timestamp()) + %(interval)s - %(tolerance)s
+                  <= clock_timestamp() + %(max_wait)s
         RETURNING bucket.tat
     )
     SELECT true AS granted,
-           extract(epoch FROM tat - :tolerance - clock_timestamp())::float8 AS wait_s,
+           extract(epoch FROM tat - %(tolerance)s - clock_timestamp())::float8 AS wait_s,
            true AS sendable
     FROM reserved
     UNION ALL
     SELECT false,
-           extract(epoch FROM greatest(tat, clock_timestamp()) + :interval - :tolerance
+           extract(epoch FROM greatest(tat, clock_timestamp()) + %(interval)s - %(tolerance)s
                               - clock_timestamp())::float8,
            true
     FROM rate_limit_buckets
-    WHERE key = :key AND NOT EXISTS (SELECT FROM reserved)
+    WHERE key = %(key)s AND NOT EXISTS (SELECT FROM reserved)
     """
-)
 
 
 # The same, for a call's connect request, and only while the call is still pending: the
@@ -71,17 +70,16 @@ _RESERVE = text(
 # trip). A process settling a call left pending by a dead one does so with a conditional
 # UPDATE on the same row, so exactly one of the two wins: either the call is failed as
 # never sent and no place is granted here, or the place is granted and the call is marked.
-_RESERVE_TO_SEND = text(
-    """
+_RESERVE_TO_SEND = """
     WITH call AS (
-        SELECT id FROM calls WHERE id = :call_id AND status = 'pending' FOR UPDATE
+        SELECT id FROM calls WHERE id = %(call_id)s AND status = 'pending' FOR UPDATE
     ), reserved AS (
         INSERT INTO rate_limit_buckets AS bucket (key, tat)
-        SELECT :key, clock_timestamp() + :interval WHERE EXISTS (SELECT FROM call)
+        SELECT %(key)s, clock_timestamp() + %(interval)s WHERE EXISTS (SELECT FROM call)
         ON CONFLICT (key) DO UPDATE
-            SET tat = greatest(bucket.tat, clock_timestamp()) + :interval
-            WHERE greatest(bucket.tat, clock_timestamp()) + :interval - :tolerance
-                  <= clock_timestamp() + :max_wait
+            SET tat = greatest(bucket.tat, clock_timestamp()) + %(interval)s
+            WHERE greatest(bucket.tat, clock_timestamp()) + %(interval)s - %(tolerance)s
+                  <= clock_timestamp() + %(max_wait)s
         RETURNING bucket.tat
     ), marked AS (
         UPDATE calls SET connect_reserved_at = clock_timestamp()
@@ -91,12 +89,11 @@ _RESERVE_TO_SEND = text(
     SELECT EXISTS (SELECT FROM marked) AS granted,
            extract(epoch FROM coalesce(
                (SELECT tat FROM reserved),
-               (SELECT greatest(tat, clock_timestamp()) + :interval FROM rate_limit_buckets
-                WHERE key = :key)
-           ) - :tolerance - clock_timestamp())::float8 AS wait_s,
+               (SELECT greatest(tat, clock_timestamp()) + %(interval)s FROM rate_limit_buckets
+                WHERE key = %(key)s)
+           ) - %(tolerance)s - clock_timestamp())::float8 AS wait_s,
            EXISTS (SELECT FROM call) AS sendable
     """
-)
 
 
 @dataclass(frozen=True)
@@ -113,9 +110,10 @@ class Reservation:
 class Buckets:
     """GCRA buckets in the `rate_limit_buckets` table, under one budget."""
 
-    def __init__(self, engine: AsyncEngine, budget: Budget) -> None:
-        # Autocommit: a reservation is one statement, with no BEGIN and COMMIT around it.
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    def __init__(self, pool: AsyncConnectionPool[Any], budget: Budget) -> None:
+        # The pool's connections autocommit: a reservation is one statement, with no
+        # BEGIN and COMMIT around it.
+        self._pool = pool
         self.budget = budget
 
     async def reserve(
@@ -137,16 +135,17 @@ class Buckets:
         statement = _RESERVE
         if sending is not None:
             statement, params["call_id"] = _RESERVE_TO_SEND, sending
-        async with self._engine.connect() as connection:
-            row = (await connection.execute(statement, params)).one_or_none()
-        if row is None or row.wait_s is None:
+        async with self._pool.connection() as connection:
+            row = await (await connection.execute(statement, params)).fetchone()
+        if row is None or row[1] is None:
             # The bucket was created after this statement's snapshot: try again soon.
             return Reservation(
                 granted=False,
                 wait_s=self.budget.interval.total_seconds(),
-                sendable=row is None or row.sendable,
+                sendable=row is None or row[2],
             )
-        return Reservation(granted=row.granted, wait_s=row.wait_s, sendable=row.sendable)
+        granted, wait_s, sendable = row
+        return Reservation(granted=granted, wait_s=wait_s, sendable=sendable)
 
 
 class FleetLimiter:
@@ -210,14 +209,16 @@ EXOTEL_SEND_SLACK = timedelta(seconds=2)
 CLIENT_SLACK = timedelta(seconds=1)
 
 
-def exotel_limiter(engine: AsyncEngine, account_sid: str, per_minute: int) -> FleetLimiter:
+def exotel_limiter(
+    pool: AsyncConnectionPool[Any], account_sid: str, per_minute: int
+) -> FleetLimiter:
     """The fleet's limiter for one Exotel account: no minute holds more than `per_minute`."""
     budget = Budget.keeping(per_minute, send_slack=EXOTEL_SEND_SLACK)
-    return FleetLimiter(Buckets(engine, budget), f"exotel:{account_sid}", max_wait_s=MAX_QUEUE_S)
+    return FleetLimiter(Buckets(pool, budget), f"exotel:{account_sid}", max_wait_s=MAX_QUEUE_S)
 
 
-def client_limiter(engine: AsyncEngine, per_minute: int) -> ClientLimiter:
+def client_limiter(pool: AsyncConnectionPool[Any], per_minute: int) -> ClientLimiter:
     """The fleet's limit on POST /calls per API client."""
     return ClientLimiter(
-        Buckets(engine, Budget.keeping(per_minute, send_slack=CLIENT_SLACK)), "calls"
+        Buckets(pool, Budget.keeping(per_minute, send_slack=CLIENT_SLACK)), "calls"
     )

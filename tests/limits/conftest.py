@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.db import create_pool
 
 SIMULATED_CLOCK = """
 CREATE SCHEMA IF NOT EXISTS simulated;
@@ -48,13 +52,28 @@ def clock(database_url: str) -> Iterator[SimulatedClock]:
 
 
 @pytest.fixture
-async def simulated_engine(database_url: str, clock: SimulatedClock) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(
-        database_url,
-        connect_args={"options": "-c search_path=simulated,pg_catalog,public"},
+async def simulated_pool(
+    database_url: str, clock: SimulatedClock
+) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """Connections that read the time from the simulated clock."""
+    pool = AsyncConnectionPool(
+        database_url.replace("+psycopg", ""),
+        min_size=1,
+        max_size=2,
+        kwargs={"autocommit": True, "options": "-c search_path=simulated,pg_catalog,public"},
+        open=False,
     )
-    yield engine
-    await engine.dispose()
+    await pool.open()
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    pool = create_pool(database_url, size=2)
+    await pool.open()
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture

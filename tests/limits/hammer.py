@@ -17,8 +17,7 @@ import sys
 import time
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import create_async_engine
-
+from app.db import create_pool
 from app.limits.budget import Budget, LimitReached, Priority
 from app.limits.gcra import Buckets, FleetLimiter
 
@@ -28,8 +27,9 @@ PAUSE_S = 0.2
 
 
 async def hammer(url: str, key: str, seconds: float) -> list[float]:
-    engine = create_async_engine(url)
-    limiter = FleetLimiter(Buckets(engine, BUDGET), key, max_wait_s=0.5)
+    pool = create_pool(url, size=CONCURRENCY)
+    await pool.open()
+    limiter = FleetLimiter(Buckets(pool, BUDGET), key, max_wait_s=0.5)
     granted: list[float] = []
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
@@ -48,7 +48,7 @@ async def hammer(url: str, key: str, seconds: float) -> list[float]:
             await asyncio.sleep(random.uniform(0, PAUSE_S))
 
     await asyncio.gather(*(ask() for _ in range(CONCURRENCY)))
-    await engine.dispose()
+    await pool.close()
     return granted
 
 

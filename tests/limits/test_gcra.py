@@ -15,8 +15,10 @@ import sys
 import time
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -58,10 +60,10 @@ def arrivals(rng: random.Random, per_minute: float, start_s: float, end_s: float
 
 
 async def test_minutes_of_mixed_traffic_never_put_more_than_the_budget_in_a_minute(
-    simulated_engine: AsyncEngine, clock: SimulatedClock
+    simulated_pool: AsyncConnectionPool[Any], clock: SimulatedClock
 ) -> None:
     budget = Budget.keeping(200, send_slack=EXOTEL_SEND_SLACK)
-    buckets = Buckets(simulated_engine, budget)
+    buckets = Buckets(simulated_pool, budget)
     rng = random.Random(12)
     # Overload (placing at twice the budget, with bursts, and background work), then a
     # steady minute and a half under it, then background work alone.
@@ -104,10 +106,10 @@ async def test_minutes_of_mixed_traffic_never_put_more_than_the_budget_in_a_minu
 
 
 async def test_placing_queues_for_a_place_and_background_needs_room_to_spare(
-    simulated_engine: AsyncEngine, clock: SimulatedClock
+    simulated_pool: AsyncConnectionPool[Any], clock: SimulatedClock
 ) -> None:
     budget = Budget.keeping(200, send_slack=EXOTEL_SEND_SLACK)
-    buckets = Buckets(simulated_engine, budget)
+    buckets = Buckets(simulated_pool, budget)
     interval_s = budget.interval.total_seconds()
 
     # Background may use half the burst of an idle bucket, no more.
@@ -135,11 +137,11 @@ async def test_placing_queues_for_a_place_and_background_needs_room_to_spare(
 
 
 async def test_a_caller_waits_a_few_seconds_at_most_then_hears_when_to_retry(
-    engine: AsyncEngine,
+    pool: AsyncConnectionPool[Any],
 ) -> None:
     # 2 a second after a burst of 1: the third at once would wait a second, too long.
     budget = Budget.keeping(2, window=timedelta(seconds=1))
-    limiter = FleetLimiter(Buckets(engine, budget), KEY, max_wait_s=0.3)
+    limiter = FleetLimiter(Buckets(pool, budget), KEY, max_wait_s=0.3)
 
     await limiter.acquire(Priority.PLACING)
     with pytest.raises(LimitReached) as placing:
@@ -151,8 +153,10 @@ async def test_a_caller_waits_a_few_seconds_at_most_then_hears_when_to_retry(
     assert background.value.retry_after_s == 1
 
 
-async def test_the_client_limit_is_one_bucket_per_client(engine: AsyncEngine) -> None:
-    limiter = client_limiter(engine, per_minute=20)  # a burst of 2, then one every ~3 s
+async def test_the_client_limit_is_one_bucket_per_client(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    limiter = client_limiter(pool, per_minute=20)  # a burst of 2, then one every ~3 s
 
     assert [await limiter.try_acquire("orders") for _ in range(2)] == [0, 0]
     assert 3 <= await limiter.try_acquire("orders") <= 4
@@ -216,9 +220,9 @@ async def reserved_at(engine: AsyncEngine, call_id: uuid.UUID) -> object:
 
 
 async def test_a_connects_place_marks_its_call_and_only_a_pending_call_gets_one(
-    engine: AsyncEngine,
+    engine: AsyncEngine, pool: AsyncConnectionPool[Any]
 ) -> None:
-    limiter = FleetLimiter(Buckets(engine, Budget.keeping(200)), "exotel:marks", max_wait_s=1)
+    limiter = FleetLimiter(Buckets(pool, Budget.keeping(200)), "exotel:marks", max_wait_s=1)
     pending, failed = await call_row(engine, "pending"), await call_row(engine, "failed")
 
     await limiter.acquire(Priority.PLACING, sending=pending)
