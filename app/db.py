@@ -7,6 +7,7 @@ import contextlib
 import os
 import select
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ import structlog
 from alembic import command
 from alembic.config import Config
 from psycopg.pq import TransactionStatus
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -129,30 +129,66 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     return engine
 
 
-def create_pool(database_url: str, *, size: int = 20) -> AsyncConnectionPool[Any]:
+class ConnectionPool:
     """Plain psycopg connections (autocommit) for the hot paths: storing a callback,
     placing a call, reading calls.
 
     SQLAlchemy's async layer costs about 0.1 ms of CPU a checkout and as much again a
-    statement (greenlets, result processing): more than the statements themselves. The
-    same bounds and checks as the engine's; opened by `open_pool`.
+    statement (greenlets, result processing): more than the statements themselves.
+    This pool keeps up to `size` connections, newest first, with the engine's bounds.
+    Like SQLAlchemy's pool, and unlike psycopg_pool (which reconnects in the background,
+    backing off a second and more), it connects when a request needs a connection: after
+    a database restart the next request pays one connect and no 503, and while the
+    database is away a request hears so within the connect timeout.
     """
-    return AsyncConnectionPool(
-        _libpq_url(database_url),
-        min_size=size,
-        max_size=size,
-        timeout=POOL_TIMEOUT_S,
-        connection_class=BoundedConnection,
-        kwargs={"autocommit": True, **_connect_options()},
-        check=_check_not_closed_by_the_server,
-        open=False,
-        name="callbridge",
-    )
+
+    def __init__(self, database_url: str, *, size: int = 20, **options: Any) -> None:
+        self._conninfo = _libpq_url(database_url)
+        self._options = {"autocommit": True, **_connect_options(), **options}
+        self._idle: list[BoundedConnection] = []
+        self._slots = asyncio.Semaphore(size)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[BoundedConnection]:
+        try:
+            async with asyncio.timeout(POOL_TIMEOUT_S):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PoolExhausted(f"no database connection free within {POOL_TIMEOUT_S} s") from None
+        try:
+            connection = await self._checkout()
+            try:
+                yield connection
+            finally:
+                await self._checkin(connection)
+        finally:
+            self._slots.release()
+
+    async def _checkout(self) -> BoundedConnection:
+        while self._idle:
+            connection = self._idle.pop()
+            if not _closed_by_the_server(connection):
+                return connection
+            await connection.close()
+        return await BoundedConnection.connect(self._conninfo, **self._options)
+
+    async def _checkin(self, connection: BoundedConnection) -> None:
+        """Keep a connection that is idle and sound; close a broken or busy one (closing
+        waits on nothing)."""
+        if connection.pgconn.transaction_status == TransactionStatus.IDLE:
+            self._idle.append(connection)
+        else:
+            await connection.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.close()
 
 
-async def open_pool(pool: AsyncConnectionPool[Any]) -> None:
-    # Not waiting for every connection: wait_for_database has shown the database answers.
-    await pool.open(wait=False)
+class PoolExhausted(psycopg.OperationalError):
+    """Every connection of the pool stayed busy for POOL_TIMEOUT_S (a 503, as for the
+    engine's pool)."""
 
 
 def _libpq_url(database_url: str) -> str:
@@ -172,11 +208,6 @@ def _closed_by_the_server(connection: psycopg.AsyncConnection[Any]) -> bool:
 def _refuse_if_closed_by_the_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     if _closed_by_the_server(dbapi_connection.driver_connection):
         raise DisconnectionError("the server closed this pooled connection")
-
-
-async def _check_not_closed_by_the_server(connection: psycopg.AsyncConnection[Any]) -> None:
-    if _closed_by_the_server(connection):
-        raise psycopg.OperationalError("the server closed this pooled connection")
 
 
 class DatabaseUnreachable(RuntimeError):

@@ -194,7 +194,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return Problem(exc.status_code, slug, detail, headers=headers).response()
 
     async def on_database_down(_: Request, exc: Exception) -> ProblemResponse:
-        assert isinstance(exc, DBAPIError | PoolTimeout)
+        assert isinstance(exc, DATABASE_DOWN_ERRORS)
         reason = exc.orig if isinstance(exc, DBAPIError) else exc
         log.warning("database_unavailable", error=type(reason).__name__, reason=str(reason))
         return database_unavailable().response()

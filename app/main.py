@@ -9,12 +9,10 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
-from typing import Any
 
 import structlog
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import ApiKeys
@@ -34,11 +32,10 @@ from app.config import (
     report_config_error,
 )
 from app.db import (
+    ConnectionPool,
     create_engine,
-    create_pool,
     create_sessionmaker,
     migrate,
-    open_pool,
     wait_for_database,
 )
 from app.embedded import EmbeddedPostgres
@@ -99,7 +96,7 @@ async def _exotel_client(
     settings: Settings,
     stack: AsyncExitStack,
     engine: AsyncEngine,
-    pool: AsyncConnectionPool[Any],
+    pool: ConnectionPool,
 ) -> ExotelClient:
     if settings.live:
         assert settings.exotel_account_sid is not None
@@ -167,8 +164,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate, database_url)
         sessions = create_sessionmaker(engine)
         app.state.engine = engine
-        pool = create_pool(database_url)
-        await open_pool(pool)
+        pool = ConnectionPool(database_url)
         stack.push_async_callback(pool.close)
         app.state.pool = pool
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import structlog
-from psycopg_pool import AsyncConnectionPool
 
+from app.db import ConnectionPool
 from app.errors import Problem
 from app.exotel.schemas import ExotelCallback
 
@@ -69,7 +68,7 @@ def _column_text(value: str | None, length: int) -> str | None:
 
 
 class CallbackInbox:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
     async def store(self, received: ReceivedCallback) -> None:

@@ -25,7 +25,6 @@ import phonenumbers
 import psycopg
 import structlog
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import and_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -40,6 +39,7 @@ from app.calls.store import call_events, calls
 from app.calls.tokens import CallbackTokens
 from app.claims import BackgroundClaim, ClaimKind, SessionClaims
 from app.config import ApiClient
+from app.db import ConnectionPool
 from app.errors import DATABASE_DOWN_ERRORS, Problem, validation_problem
 from app.exotel.client import (
     ConnectRequest,
@@ -183,7 +183,7 @@ class CallService:
     def __init__(
         self,
         engine: AsyncEngine,
-        pool: AsyncConnectionPool[Any],
+        pool: ConnectionPool,
         exotel: ExotelClient,
         tokens: CallbackTokens,
         claims: SessionClaims,

@@ -13,13 +13,11 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import DateTime, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base
+from app.db import Base, ConnectionPool
 from app.limits.budget import Budget, CallSettled, LimitReached, Priority
 
 # A refusal's wait is a hint read from the statement's snapshot; never poll faster than this.
@@ -110,7 +108,7 @@ class Reservation:
 class Buckets:
     """GCRA buckets in the `rate_limit_buckets` table, under one budget."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], budget: Budget) -> None:
+    def __init__(self, pool: ConnectionPool, budget: Budget) -> None:
         # The pool's connections autocommit: a reservation is one statement, with no
         # BEGIN and COMMIT around it.
         self._pool = pool
@@ -209,15 +207,13 @@ EXOTEL_SEND_SLACK = timedelta(seconds=2)
 CLIENT_SLACK = timedelta(seconds=1)
 
 
-def exotel_limiter(
-    pool: AsyncConnectionPool[Any], account_sid: str, per_minute: int
-) -> FleetLimiter:
+def exotel_limiter(pool: ConnectionPool, account_sid: str, per_minute: int) -> FleetLimiter:
     """The fleet's limiter for one Exotel account: no minute holds more than `per_minute`."""
     budget = Budget.keeping(per_minute, send_slack=EXOTEL_SEND_SLACK)
     return FleetLimiter(Buckets(pool, budget), f"exotel:{account_sid}", max_wait_s=MAX_QUEUE_S)
 
 
-def client_limiter(pool: AsyncConnectionPool[Any], per_minute: int) -> ClientLimiter:
+def client_limiter(pool: ConnectionPool, per_minute: int) -> ClientLimiter:
     """The fleet's limit on POST /calls per API client."""
     return ClientLimiter(
         Buckets(pool, Budget.keeping(per_minute, send_slack=CLIENT_SLACK)), "calls"

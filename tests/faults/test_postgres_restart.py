@@ -8,6 +8,8 @@ every callback must end stored and applied.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import Counter
 
 import httpx
@@ -27,6 +29,7 @@ from tests.faults.harness import (
 CONCURRENCY = 32
 EXOTEL_RETRIES = 2
 RETRY_PAUSE_S = 1.0
+APPLY_TIMEOUT_S = 30.0
 
 
 async def test_callbacks_during_a_postgres_restart_are_stored_or_refused(
@@ -91,6 +94,9 @@ async def test_callbacks_during_a_postgres_restart_are_stored_or_refused(
                 retries += len(failed)
                 for index in failed:
                     outcomes[index] = await post(index)
+            # Acknowledged means stored; applied follows, once the applier is past the
+            # outage (it pauses ERROR_PAUSE_S after each failed attempt).
+            drain_s = await asyncio.to_thread(_applied_within, database, APPLY_TIMEOUT_S)
             assert server.process is not None
             alive = server.process.poll() is None
     finally:
@@ -106,6 +112,7 @@ async def test_callbacks_during_a_postgres_restart_are_stored_or_refused(
     report.add(f"answers while it restarted: {dict(during_restart)}")
     report.add(f"first answers: {dict(first)}")
     report.add(f"acknowledged (2xx) but not stored: {len(lost)}")
+    report.add(f"every stored callback applied {drain_s:.1f} s after the last answer")
     report.add(
         f"retried like Exotel ({EXOTEL_RETRIES} more tries): {retries} requests; "
         f"final answers {dict(Counter(outcomes))}; stored {len(stored)} of {count}; "
@@ -116,6 +123,20 @@ async def test_callbacks_during_a_postgres_restart_are_stored_or_refused(
     assert all(outcome == 200 for outcome in outcomes)
     assert stored == {call.id for call in calls}
     assert all(status in FINAL for status in statuses.values())
+
+
+def _applied_within(database: str, timeout_s: float) -> float:
+    """Seconds until no stored callback waits to be applied (inf past `timeout_s`)."""
+    started = time.monotonic()
+    with psycopg.connect(database, autocommit=True) as conn:
+        while time.monotonic() - started < timeout_s:
+            waiting = conn.execute(
+                "SELECT count(*) FROM call_events WHERE processed_at IS NULL"
+            ).fetchone()
+            if waiting is not None and waiting[0] == 0:
+                return time.monotonic() - started
+            time.sleep(0.05)
+    return math.inf
 
 
 def _stored_calls(database: str) -> set[object]:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.db import create_pool
+from app.db import ConnectionPool
 
 SIMULATED_CLOCK = """
 CREATE SCHEMA IF NOT EXISTS simulated;
@@ -52,26 +50,18 @@ def clock(database_url: str) -> Iterator[SimulatedClock]:
 
 
 @pytest.fixture
-async def simulated_pool(
-    database_url: str, clock: SimulatedClock
-) -> AsyncIterator[AsyncConnectionPool[Any]]:
+async def simulated_pool(database_url: str, clock: SimulatedClock) -> AsyncIterator[ConnectionPool]:
     """Connections that read the time from the simulated clock."""
-    pool = AsyncConnectionPool(
-        database_url.replace("+psycopg", ""),
-        min_size=1,
-        max_size=2,
-        kwargs={"autocommit": True, "options": "-c search_path=simulated,pg_catalog,public"},
-        open=False,
+    pool = ConnectionPool(
+        database_url, size=2, options="-c search_path=simulated,pg_catalog,public"
     )
-    await pool.open()
     yield pool
     await pool.close()
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    pool = create_pool(database_url, size=2)
-    await pool.open()
+async def pool(database_url: str) -> AsyncIterator[ConnectionPool]:
+    pool = ConnectionPool(database_url, size=2)
     yield pool
     await pool.close()
 

@@ -17,7 +17,7 @@ import sys
 import time
 from datetime import timedelta
 
-from app.db import create_pool
+from app.db import ConnectionPool
 from app.limits.budget import Budget, LimitReached, Priority
 from app.limits.gcra import Buckets, FleetLimiter
 
@@ -27,8 +27,7 @@ PAUSE_S = 0.2
 
 
 async def hammer(url: str, key: str, seconds: float) -> list[float]:
-    pool = create_pool(url, size=CONCURRENCY)
-    await pool.open()
+    pool = ConnectionPool(url, size=CONCURRENCY)
     limiter = FleetLimiter(Buckets(pool, BUDGET), key, max_wait_s=0.5)
     granted: list[float] = []
     print("ready", flush=True)

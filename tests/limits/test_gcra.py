@@ -15,15 +15,13 @@ import sys
 import time
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.calls.models import Call
-from app.db import PROJECT_ROOT
+from app.db import PROJECT_ROOT, ConnectionPool
 from app.limits.budget import Budget, CallSettled, LimitReached, Priority
 from app.limits.gcra import (
     EXOTEL_SEND_SLACK,
@@ -60,7 +58,7 @@ def arrivals(rng: random.Random, per_minute: float, start_s: float, end_s: float
 
 
 async def test_minutes_of_mixed_traffic_never_put_more_than_the_budget_in_a_minute(
-    simulated_pool: AsyncConnectionPool[Any], clock: SimulatedClock
+    simulated_pool: ConnectionPool, clock: SimulatedClock
 ) -> None:
     budget = Budget.keeping(200, send_slack=EXOTEL_SEND_SLACK)
     buckets = Buckets(simulated_pool, budget)
@@ -106,7 +104,7 @@ async def test_minutes_of_mixed_traffic_never_put_more_than_the_budget_in_a_minu
 
 
 async def test_placing_queues_for_a_place_and_background_needs_room_to_spare(
-    simulated_pool: AsyncConnectionPool[Any], clock: SimulatedClock
+    simulated_pool: ConnectionPool, clock: SimulatedClock
 ) -> None:
     budget = Budget.keeping(200, send_slack=EXOTEL_SEND_SLACK)
     buckets = Buckets(simulated_pool, budget)
@@ -137,7 +135,7 @@ async def test_placing_queues_for_a_place_and_background_needs_room_to_spare(
 
 
 async def test_a_caller_waits_a_few_seconds_at_most_then_hears_when_to_retry(
-    pool: AsyncConnectionPool[Any],
+    pool: ConnectionPool,
 ) -> None:
     # 2 a second after a burst of 1: the third at once would wait a second, too long.
     budget = Budget.keeping(2, window=timedelta(seconds=1))
@@ -154,7 +152,7 @@ async def test_a_caller_waits_a_few_seconds_at_most_then_hears_when_to_retry(
 
 
 async def test_the_client_limit_is_one_bucket_per_client(
-    pool: AsyncConnectionPool[Any],
+    pool: ConnectionPool,
 ) -> None:
     limiter = client_limiter(pool, per_minute=20)  # a burst of 2, then one every ~3 s
 
@@ -220,7 +218,7 @@ async def reserved_at(engine: AsyncEngine, call_id: uuid.UUID) -> object:
 
 
 async def test_a_connects_place_marks_its_call_and_only_a_pending_call_gets_one(
-    engine: AsyncEngine, pool: AsyncConnectionPool[Any]
+    engine: AsyncEngine, pool: ConnectionPool
 ) -> None:
     limiter = FleetLimiter(Buckets(pool, Budget.keeping(200)), "exotel:marks", max_wait_s=1)
     pending, failed = await call_row(engine, "pending"), await call_row(engine, "failed")
