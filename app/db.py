@@ -112,7 +112,7 @@ def _connect_options() -> dict[str, Any]:
     }
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
     engine = create_async_engine(
         database_url,
         # A fixed pool: connections opened for a burst and closed after it (overflow) cost
@@ -142,7 +142,7 @@ class ConnectionPool:
     database is away a request hears so within the connect timeout.
     """
 
-    def __init__(self, database_url: str, *, size: int = 20, **options: Any) -> None:
+    def __init__(self, database_url: str, *, size: int = 10, **options: Any) -> None:
         self._conninfo = _libpq_url(database_url)
         self._options = {"autocommit": True, **_connect_options(), **options}
         self._idle: list[BoundedConnection] = []

@@ -10,7 +10,7 @@ builds (json_build_object, the legs aggregated), with no authentication and no
 validation beyond what the SQL needs; Python only joins a page's items.
 
 They bound what any Python service on the same uvicorn and Postgres can do. Each uses
-as many connections as Callbridge's pool may (10 + 10 overflow).
+as many connections as Callbridge's hot-path pool may (10).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-MAX_CONNECTIONS = 20
+MAX_CONNECTIONS = 10
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS callbacks (
     id bigserial PRIMARY KEY,
