@@ -150,11 +150,16 @@ class ConnectionPool:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[BoundedConnection]:
-        try:
-            async with asyncio.timeout(POOL_TIMEOUT_S):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise PoolExhausted(f"no database connection free within {POOL_TIMEOUT_S} s") from None
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(POOL_TIMEOUT_S):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise PoolExhausted(
+                    f"no database connection free within {POOL_TIMEOUT_S} s"
+                ) from None
+        else:
+            await self._slots.acquire()  # free: no wait, so no timer to arm
         try:
             connection = await self._checkout()
             try:

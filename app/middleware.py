@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import secrets
 import time
-import uuid
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -54,7 +54,7 @@ def _request_id(scope: Scope) -> str:
     given = Headers(scope=scope).get(REQUEST_ID_HEADER)
     if given is not None and _SANE_REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def _route_template(scope: Scope) -> str:

@@ -8,6 +8,7 @@ validators here absorb all of that so the rest of the service sees clean values.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any
@@ -40,6 +41,8 @@ MAX_PRICE = Decimal(100_000)
 # 05:30:00 (epoch zero in IST), falls before it too.
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIME_AHEAD = timedelta(days=1)
+_EARLIEST_TIMESTAMP = EARLIEST_TIME.timestamp()
+_LATEST_AHEAD_S = LATEST_TIME_AHEAD.total_seconds()
 # Longer than any ISO 8601 time with an offset and microseconds.
 _MAX_TIME_TEXT = 40
 # The sizes of the columns these values are stored in (app/calls/models.py): a longer
@@ -130,8 +133,9 @@ def _exotel_time(value: Any) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=EXOTEL_TIMEZONE)
-    # Aware datetimes compare without converting, so year 1 or 9999 cannot overflow here.
-    if not EARLIEST_TIME <= parsed <= datetime.now(UTC) + LATEST_TIME_AHEAD:
+    # In seconds since the epoch (an aware datetime's timestamp cannot overflow, even in
+    # year 1 or 9999): a callback holds four times, each read twice.
+    if not _EARLIEST_TIMESTAMP <= parsed.timestamp() <= time.time() + _LATEST_AHEAD_S:
         return None
     return parsed
 
