@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 import structlog
 from sqlalchemy import (
     BigInteger,
@@ -44,18 +46,26 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import BIT
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.expression import Executable
+
+from app.db import BoundedConnection, connect_options, libpq_url
 
 log = structlog.get_logger(__name__)
 
-_HELD_HERE = """
+_TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
+_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
+_HELD_HERE = text(
+    """
     SELECT EXISTS (
         SELECT FROM pg_locks
         WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = pg_backend_pid()
           AND ((classid::bigint << 32) | objid::bigint) = :key
     )
-"""
+    """
+)
 _HELD_ANYWHERE = text(
     """
     SELECT (classid::bigint << 32) | objid::bigint AS key
@@ -117,20 +127,26 @@ class SessionClaims:
     """This process's claims, held on one dedicated connection.
 
     The connection is used by one statement at a time (a lock guards it); each claim
-    and release is one short round trip.
+    and release is one short round trip. It is a plain psycopg connection (statements
+    compiled by the engine's dialect): a claim and a release are on the placing path,
+    where SQLAlchemy's async layer would cost more CPU than the statements.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._connection: AsyncConnection | None = None
+        self._dialect = engine.dialect
+        self._conninfo = libpq_url(engine.url.render_as_string(hide_password=False))
+        self._connection: psycopg.AsyncConnection[Any] | None = None
         self._started = False
         self._in_use = asyncio.Lock()
         # Claims taken and released in the background (`claim_soon`), kept referenced.
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._connection = await self._engine.connect()
+        self._connection = await self._connect()
         self._started = True
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await BoundedConnection.connect(self._conninfo, autocommit=True, **connect_options())
 
     async def close(self) -> None:
         """Release every claim (by ending the session) and the connection."""
@@ -158,12 +174,10 @@ class SessionClaims:
 
     async def try_claim(self, kind: ClaimKind, work_id: uuid.UUID) -> bool:
         """Take the claim if no other session holds it (1 round trip)."""
-        key = claim_key(kind, work_id)
-        return bool(await self._execute(text("SELECT pg_try_advisory_lock(:key)"), key=key))
+        return bool(await self._execute(_TRY_LOCK, key=claim_key(kind, work_id)))
 
     async def release(self, kind: ClaimKind, work_id: uuid.UUID) -> None:
-        key = claim_key(kind, work_id)
-        await self._execute(text("SELECT pg_advisory_unlock(:key)"), key=key)
+        await self._execute(_UNLOCK, key=claim_key(kind, work_id))
 
     def claim_soon(self, kind: ClaimKind, work_id: uuid.UUID) -> BackgroundClaim:
         """Claim in the background, without waiting: for work that stays safe if another
@@ -190,25 +204,41 @@ class SessionClaims:
 
     async def still_held(self, kind: ClaimKind, work_id: uuid.UUID) -> bool:
         """Whether this session still holds the claim (and so is still alive)."""
-        return bool(await self._execute(text(_HELD_HERE), key=claim_key(kind, work_id)))
+        return bool(await self._execute(_HELD_HERE, key=claim_key(kind, work_id)))
 
     async def _execute(self, statement: Executable, **params: object) -> object:
         if not self._started:
             raise ClaimsLost("claims were not started, or were closed")
+        sql, bound = _compiled(statement, self._dialect)
         async with self._in_use:
             if self._connection is None:
                 # The last session died: a new one, holding nothing yet.
-                self._connection = await self._engine.connect()
+                self._connection = await self._connect()
             connection = self._connection
             try:
-                return (await connection.execute(statement, params)).scalar()
-            except Exception as exc:
-                if connection.invalidated or connection.closed:
+                row = await (await connection.execute(sql, {**bound, **params})).fetchone()
+            except psycopg.Error as exc:
+                if connection.closed or connection.broken:
                     self._connection = None
                     with contextlib.suppress(Exception):
                         await connection.close()
                     raise ClaimsLost("the session holding the claims is gone") from exc
                 raise
+            return None if row is None else row[0]
+
+
+def _compiled(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    """The statement as psycopg's SQL, and the values it binds itself; the constant
+    statements are compiled once."""
+    if isinstance(statement, TextClause):
+        return _compiled_text(statement, dialect), {}
+    compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    return str(compiled), dict(compiled.params)
+
+
+@functools.cache
+def _compiled_text(statement: TextClause, dialect: Dialect) -> str:
+    return str(statement.compile(dialect=dialect))
 
 
 class BackgroundClaim:

@@ -104,7 +104,8 @@ class BoundedConnection(psycopg.AsyncConnection[Any]):
         return True
 
 
-def _connect_options() -> dict[str, Any]:
+def connect_options() -> dict[str, Any]:
+    """What every connection is opened with: the bounds above, keepalives."""
     return {
         "connect_timeout": CONNECT_TIMEOUT_S,
         "options": f"-c lock_timeout={LOCK_TIMEOUT_S}s -c statement_timeout={STATEMENT_TIMEOUT_S}s",
@@ -123,7 +124,7 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
         pool_pre_ping=False,
         hide_parameters=True,  # statement values hold phone numbers; errors get logged
         pool_timeout=POOL_TIMEOUT_S,
-        connect_args={"async_creator_fn": BoundedConnection.connect, **_connect_options()},
+        connect_args={"async_creator_fn": BoundedConnection.connect, **connect_options()},
     )
     event.listen(engine.sync_engine.pool, "checkout", _refuse_if_closed_by_the_server)
     return engine
@@ -143,8 +144,8 @@ class ConnectionPool:
     """
 
     def __init__(self, database_url: str, *, size: int = 10, **options: Any) -> None:
-        self._conninfo = _libpq_url(database_url)
-        self._options = {"autocommit": True, **_connect_options(), **options}
+        self._conninfo = libpq_url(database_url)
+        self._options = {"autocommit": True, **connect_options(), **options}
         self._idle: list[BoundedConnection] = []
         self._slots = asyncio.Semaphore(size)
 
@@ -196,7 +197,8 @@ class PoolExhausted(psycopg.OperationalError):
     engine's pool)."""
 
 
-def _libpq_url(database_url: str) -> str:
+def libpq_url(database_url: str) -> str:
+    """A SQLAlchemy URL (`postgresql+psycopg://`) as psycopg itself takes it."""
     return database_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 

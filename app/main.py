@@ -193,11 +193,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             running_applier(applier_engine, details_after=settings.details_after)
         )
         # This process's claims on the work it does (app/claims.py), on a connection of
-        # their own, outside the request pool: released together when the process stops,
-        # or by Postgres when it dies.
-        claims_engine = create_engine(database_url, pool_size=1)
-        stack.push_async_callback(claims_engine.dispose)
-        claims = SessionClaims(claims_engine)
+        # their own, outside the pools: released together when the process stops, or by
+        # Postgres when it dies.
+        claims = SessionClaims(engine)
         await claims.start()
         stack.push_async_callback(claims.close)
         app.state.claims = claims
