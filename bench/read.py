@@ -33,8 +33,6 @@ from typing import Any
 
 import httpx
 import psycopg
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
 from app.config import Settings
 from app.main import create_app
@@ -326,24 +324,22 @@ async def _list_pages(
 
 @contextmanager
 def captured_statements() -> Iterator[list[tuple[str, Any]]]:
-    """Every statement any SQLAlchemy engine sends while the block runs, with parameters."""
+    """Every statement sent through psycopg while the block runs, with its parameters:
+    the hot paths' own and SQLAlchemy's (its psycopg driver executes on a cursor too)."""
     statements: list[tuple[str, Any]] = []
+    execute = psycopg.AsyncCursor.execute
 
-    def capture(
-        _conn: object,
-        _cursor: object,
-        statement: str,
-        parameters: Any,
-        _context: object,
-        _executemany: bool,
-    ) -> None:
-        statements.append((statement, parameters))
+    async def capture(
+        cursor: psycopg.AsyncCursor[Any], query: Any, params: Any = None, **options: Any
+    ) -> Any:
+        statements.append((str(query), params))
+        return await execute(cursor, query, params, **options)
 
-    event.listen(Engine, "before_cursor_execute", capture)
+    psycopg.AsyncCursor.execute = capture  # type: ignore[method-assign,assignment]
     try:
         yield statements
     finally:
-        event.remove(Engine, "before_cursor_execute", capture)
+        psycopg.AsyncCursor.execute = execute  # type: ignore[method-assign]
 
 
 async def _plans(url: str, start: datetime) -> tuple[list[tuple[str, str]], list[str]]:
@@ -405,6 +401,9 @@ async def _plans(url: str, start: datetime) -> tuple[list[tuple[str, str]], list
                     plans.append((what, plan))
                     if BIG_TABLE_SCAN.search(plan):
                         scans.append(what)
+            if not any(captured == what for captured, _ in plans):
+                # Nothing captured would pass for "no scan": say so instead.
+                scans.append(f"{what}: no statement captured")
     return plans, scans
 
 
