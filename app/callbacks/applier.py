@@ -104,7 +104,7 @@ class CallbackApplier:
         """Apply up to about BATCH waiting callbacks; return how many were processed."""
         try:
             async with self._engine.begin() as conn:
-                return await self._apply(conn, WAITING)
+                return await apply_waiting(conn, WAITING, details_after=self._details_after)
         except (DataError, IntegrityError) as exc:
             log.warning("callback_batch_refused", reason=_refusal(exc))
             return await self._apply_one_at_a_time()
@@ -119,7 +119,9 @@ class CallbackApplier:
         for event_id in waiting:
             try:
                 async with self._engine.begin() as conn:
-                    await self._apply(conn, WAITING & (events.c.id == event_id))
+                    await apply_waiting(
+                        conn, WAITING & (events.c.id == event_id), details_after=self._details_after
+                    )
             except (DataError, IntegrityError) as exc:
                 log.error("callback_not_applied", event_id=event_id, reason=_refusal(exc))
                 async with self._engine.begin() as conn:
@@ -130,67 +132,71 @@ class CallbackApplier:
                     )
         return len(waiting)
 
-    async def _apply(self, conn: AsyncConnection, which: ColumnElement[bool]) -> int:
-        """Apply the events `which` selects, of calls no other applier holds (~7 round trips)."""
-        oldest = select(events.c.call_id).where(which).order_by(events.c.id).limit(BATCH)
-        calls = await store.lock(conn, oldest, skip_locked=True)
-        if not calls:
-            return 0
-        rows = (
-            await conn.execute(
-                select(
-                    events.c.id,
-                    events.c.call_id,
-                    events.c.raw_body,
-                    events.c.content_type,
-                    events.c.received_at,
-                )
-                .where(which, events.c.call_id.in_(list(calls)))
-                .order_by(events.c.id)
-            )
-        ).all()
-        statuses_before = {call_id: call.status for call_id, call in calls.items()}
-        changed_calls: set[uuid.UUID] = set()
-        changed_events: list[int] = []
-        outcomes: Counter[str] = Counter()
-        for row in rows:
-            call = calls[row.call_id]
-            applied = await _apply_event(call, row.raw_body, row.content_type)
-            outcome = "unchanged"
-            if applied is not None and applied.changed:
-                changed_calls.add(call.id)
-                changed_events.append(row.id)
-                outcome = "applied"
-            if applied is not None and applied.conflicting:
-                # Counted as such even if it filled a gap (a price, say).
-                outcome = "conflicting"
-                log.warning(
-                    "callback_conflicting_status",
-                    call_id=str(call.id),
-                    event_id=row.id,
-                    status=call.status,
-                )
-            outcomes[outcome] += 1
-        await store.save_applied(
-            conn,
-            [
-                (call, _applied(statuses_before[call.id], call, call.id in changed_calls))
-                for call in calls.values()
-            ],
-            details_after=self._details_after,
-        )
+
+async def apply_waiting(
+    conn: AsyncConnection, which: ColumnElement[bool], *, details_after: timedelta
+) -> int:
+    """Apply the events `which` selects, of calls no other transaction holds, within the
+    caller's transaction (~7 round trips); return how many were processed."""
+    oldest = select(events.c.call_id).where(which).order_by(events.c.id).limit(BATCH)
+    calls = await store.lock(conn, oldest, skip_locked=True)
+    if not calls:
+        return 0
+    rows = (
         await conn.execute(
-            events.update()
-            .where(store.ids_in(events.c.id, [row.id for row in rows]))
-            .values(
-                # The time of this statement, not of the transaction's start: the lag
-                # metric and bench measure acknowledgement to application.
-                processed_at=func.clock_timestamp(),
-                applied=store.ids_in(events.c.id, changed_events),
+            select(
+                events.c.id,
+                events.c.call_id,
+                events.c.raw_body,
+                events.c.content_type,
+                events.c.received_at,
             )
+            .where(which, events.c.call_id.in_(list(calls)))
+            .order_by(events.c.id)
         )
-        _observe(rows, outcomes)
-        return len(rows)
+    ).all()
+    statuses_before = {call_id: call.status for call_id, call in calls.items()}
+    changed_calls: set[uuid.UUID] = set()
+    changed_events: list[int] = []
+    outcomes: Counter[str] = Counter()
+    for row in rows:
+        call = calls[row.call_id]
+        applied = await _apply_event(call, row.raw_body, row.content_type)
+        outcome = "unchanged"
+        if applied is not None and applied.changed:
+            changed_calls.add(call.id)
+            changed_events.append(row.id)
+            outcome = "applied"
+        if applied is not None and applied.conflicting:
+            # Counted as such even if it filled a gap (a price, say).
+            outcome = "conflicting"
+            log.warning(
+                "callback_conflicting_status",
+                call_id=str(call.id),
+                event_id=row.id,
+                status=call.status,
+            )
+        outcomes[outcome] += 1
+    await store.save_applied(
+        conn,
+        [
+            (call, _applied(statuses_before[call.id], call, call.id in changed_calls))
+            for call in calls.values()
+        ],
+        details_after=details_after,
+    )
+    await conn.execute(
+        events.update()
+        .where(store.ids_in(events.c.id, [row.id for row in rows]))
+        .values(
+            # The time of this statement, not of the transaction's start: the lag
+            # metric and bench measure acknowledgement to application.
+            processed_at=func.clock_timestamp(),
+            applied=store.ids_in(events.c.id, changed_events),
+        )
+    )
+    _observe(rows, outcomes)
+    return len(rows)
 
 
 async def _apply_event(

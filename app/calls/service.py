@@ -30,6 +30,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import StreamingResponse
 
+from app.callbacks.applier import WAITING, apply_waiting
 from app.calls import store
 from app.calls.apply import apply_update, is_terminal
 from app.calls.recording import stream_recording
@@ -464,6 +465,13 @@ class CallService:
                 record_status_change(pending.status, call.status)
                 return answer
         async with self._engine.begin() as conn:
+            # Callbacks stored before this answer came (Exotel may call back first) are
+            # applied first, in order, so that the answer tells what they said.
+            await apply_waiting(
+                conn,
+                WAITING & (call_events.c.call_id == pending.id),
+                details_after=self._details_after,
+            )
             [call] = (await store.lock(conn, [pending.id])).values()
             applied = apply_update(call, update)
             await store.save_applied(conn, [(call, applied)], details_after=self._details_after)
@@ -478,7 +486,8 @@ class CallService:
         return answer
 
     async def _write_if_untouched(self, pending: CallState, values: dict[str, Any]) -> bool:
-        """Write `values` if the row is still as `pending` says (1 round trip)."""
+        """Write `values` if the row is still as `pending` says and no callback for it
+        waits to be applied (1 round trip)."""
         if "response_body" in values:
             values = {**values, "response_body": Jsonb(values["response_body"])}
         assignments = ", ".join(f"{name} = %({name})s" for name in values)
@@ -486,6 +495,10 @@ class CallService:
             UPDATE calls SET {assignments}
             WHERE id = %(pending_id)s AND status = 'pending' AND sid IS NULL
               AND updated_at = %(pending_updated_at)s
+              AND NOT EXISTS (
+                  SELECT FROM call_events
+                  WHERE call_id = %(pending_id)s AND processed_at IS NULL
+              )
             RETURNING id
         """  # noqa: S608 - the names are our columns, never a client's
         params = {**values, "pending_id": pending.id, "pending_updated_at": pending.updated_at}
