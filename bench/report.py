@@ -293,8 +293,8 @@ def markdown(
         "",
         "## Figures",
         "",
-        'Where a target is missed, bench/README.md ("Profiling") says why, what was '
-        "changed and what would close the gap.",
+        'Where a target is missed, bench/README.md ("Where the time goes now") says '
+        "why and what would close the gap.",
         "",
         "| measure | figure | target | met |",
         "|---|---|---|---|",
