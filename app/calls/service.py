@@ -460,6 +460,8 @@ class CallService:
                     "response_status": answer.status,
                     "response_body": answer.body,
                 },
+                # Callbacks stored before this answer came are applied first (below).
+                unless_callbacks_wait=True,
             )
             if written:
                 record_status_change(pending.status, call.status)
@@ -485,20 +487,24 @@ class CallService:
             await conn.execute(calls.update().where(calls.c.id == call.id).values(values))
         return answer
 
-    async def _write_if_untouched(self, pending: CallState, values: dict[str, Any]) -> bool:
-        """Write `values` if the row is still as `pending` says and no callback for it
-        waits to be applied (1 round trip)."""
+    async def _write_if_untouched(
+        self, pending: CallState, values: dict[str, Any], *, unless_callbacks_wait: bool
+    ) -> bool:
+        """Write `values` if the row is still as `pending` says (1 round trip); with
+        `unless_callbacks_wait`, only if no callback for the call waits to be applied."""
         if "response_body" in values:
             values = {**values, "response_body": Jsonb(values["response_body"])}
         assignments = ", ".join(f"{name} = %({name})s" for name in values)
+        no_callback_waits = (
+            "AND NOT EXISTS (SELECT FROM call_events"
+            " WHERE call_id = %(pending_id)s AND processed_at IS NULL)"
+            if unless_callbacks_wait
+            else ""
+        )
         statement = f"""
             UPDATE calls SET {assignments}
             WHERE id = %(pending_id)s AND status = 'pending' AND sid IS NULL
-              AND updated_at = %(pending_updated_at)s
-              AND NOT EXISTS (
-                  SELECT FROM call_events
-                  WHERE call_id = %(pending_id)s AND processed_at IS NULL
-              )
+              AND updated_at = %(pending_updated_at)s {no_callback_waits}
             RETURNING id
         """  # noqa: S608 - the names are our columns, never a client's
         params = {**values, "pending_id": pending.id, "pending_updated_at": pending.updated_at}
@@ -541,7 +547,8 @@ class CallService:
                 exotel_status=exc.status,
                 reason=exc.message,
             )
-        if await self._write_if_untouched(pending, values):
+        # A callback stored meanwhile is applied over this one by the applier.
+        if await self._write_if_untouched(pending, values, unless_callbacks_wait=False):
             record_status_change(pending.status, call.status)
             return answer
         # Settled while we waited: a callback naming this call got here first, or the
