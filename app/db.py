@@ -7,6 +7,7 @@ import contextlib
 import os
 import select
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import psycopg
 import structlog
 from alembic import command
 from alembic.config import Config
+from psycopg import waiting
 from psycopg.pq import TransactionStatus
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -63,6 +65,7 @@ class BoundedConnection(psycopg.AsyncConnection[Any]):
     deadline), the socket is shut down: the wait fails at once and the connection is
     broken, so the pool discards it. psycopg's own answer to a cancellation, asking the
     server to cancel the query, would wait up to 10 s more on a server that never answers.
+    The bound is psycopg's own wait timeout: no task or timer of ours per statement.
     """
 
     async def wait(
@@ -71,37 +74,33 @@ class BoundedConnection(psycopg.AsyncConnection[Any]):
         interval: float = 0.1,
         timeout: float | None = None,  # noqa: ASYNC109 - psycopg's signature, overridden
     ) -> Any:
-        loop = asyncio.get_running_loop()
-        operation = loop.create_task(super().wait(gen, interval, timeout))
-        watchdog = loop.call_later(ANSWER_TIMEOUT_S, self._sever_if_busy)
+        bound_s = ANSWER_TIMEOUT_S if timeout is None else timeout
+        started = time.monotonic()
         try:
-            return await asyncio.shield(operation)
+            return await waiting.wait_async(
+                gen, self.pgconn.socket, interval=interval, timeout=bound_s
+            )
         except asyncio.CancelledError:
-            if not self._sever_if_busy():
-                operation.cancel()
-            await asyncio.gather(operation, return_exceptions=True)
+            self._sever_if_busy()
             raise
         except psycopg.OperationalError as exc:
-            if watchdog.when() <= loop.time():
+            if timeout is None and time.monotonic() - started >= bound_s:
+                self._sever_if_busy()
                 raise psycopg.OperationalError(
                     f"the database did not answer within {ANSWER_TIMEOUT_S} s"
                 ) from exc
             raise
-        finally:
-            watchdog.cancel()
 
-    def _sever_if_busy(self) -> bool:
-        """Shut the socket down if a command is waiting for its answer (not when the
-        connection merely waits for notifications); the pending read then returns at once
-        and the connection is broken."""
+    def _sever_if_busy(self) -> None:
+        """Shut the socket down if a command is waiting for its answer: the connection is
+        broken, and the pool discards it."""
         if self.pgconn.transaction_status != TransactionStatus.ACTIVE:
-            return False
+            return
         with (
             contextlib.suppress(OSError, psycopg.Error),
             socket.socket(fileno=os.dup(self.pgconn.socket)) as connection_socket,
         ):
             connection_socket.shutdown(socket.SHUT_RDWR)
-        return True
 
 
 def connect_options() -> dict[str, Any]:

@@ -185,13 +185,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.tokens = CallbackTokens(callback_secret)
         app.state.notify_allowed_hosts = settings.notify_allowed_hosts
         exotel = await _exotel_client(app, settings, stack, engine, pool)
-        app.state.callback_inbox = CallbackInbox(pool)
         # The applier's own connection: it never queues behind requests for one of theirs.
         applier_engine = create_engine(database_url, pool_size=1)
         stack.push_async_callback(applier_engine.dispose)
-        await stack.enter_async_context(
+        applier = await stack.enter_async_context(
             running_applier(applier_engine, details_after=settings.details_after)
         )
+        app.state.callback_inbox = CallbackInbox(pool, stored=applier.wake)
         # This process's claims on the work it does (app/claims.py), on a connection of
         # their own, outside the pools: released together when the process stops, or by
         # Postgres when it dies.

@@ -1,8 +1,9 @@
 """The applier: applies stored status callbacks to their calls, in batches, in order.
 
-`POST /callbacks/exotel` only stores a callback (app/callbacks/service.py) and NOTIFYs;
-this loop, running in every API process and in the worker, wakes on that notification
-(or every POLL_INTERVAL_S, should one be missed), and applies what waits:
+`POST /callbacks/exotel` only stores a callback (app/callbacks/service.py) and wakes the
+applier of its own process (`wake`); this loop, running in every API process and in the
+worker, also looks every POLL_INTERVAL_S for what other processes left (a replica that
+died, say), and applies what waits:
 
 1. lock, with SKIP LOCKED, the calls of the oldest waiting events (replicas share the
    work: each takes calls no other holds), in id order;
@@ -25,13 +26,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import structlog
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.callbacks.service import CALLBACKS_CHANNEL
 from app.calls import store
 from app.calls.apply import Applied, apply_update
 from app.calls.state import CallState
@@ -41,7 +40,8 @@ from app.metrics import CALLBACK_APPLY_LAG, CALLBACKS_APPLIED
 log = structlog.get_logger(__name__)
 
 BATCH = 200
-# Notifications wake the applier at once; this is the fallback for a missed one.
+# The process that stores a callback wakes its applier at once; what others left waits
+# at most this long.
 POLL_INTERVAL_S = 1.0
 # Once woken, how long the applier lets more callbacks arrive before it takes a batch:
 # under load a batch then holds many callbacks, not one (a batch costs ~7 round trips).
@@ -57,19 +57,19 @@ class CallbackApplier:
     def __init__(self, engine: AsyncEngine, *, details_after: timedelta) -> None:
         self._engine = engine
         self._details_after = details_after
-        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False
-        )
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Apply what waits now, not at the next poll."""
+        self._woken.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Apply what waits whenever woken, until `stopping` is set."""
-        wake = asyncio.Event()
-        listener = asyncio.create_task(self._listen(wake), name="callback-listener")
-        stopper = asyncio.create_task(_set_when(stopping, wake))
+        stopper = asyncio.create_task(_set_when(stopping, self._woken))
         try:
             while not stopping.is_set():
                 await asyncio.sleep(GATHER_S)
-                wake.clear()
+                self._woken.clear()
                 pause_s = POLL_INTERVAL_S
                 try:
                     while await self.apply_pending() == BATCH and not stopping.is_set():
@@ -79,26 +79,10 @@ class CallbackApplier:
                     pause_s = ERROR_PAUSE_S
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause_s):
-                        await wake.wait()
+                        await self._woken.wait()
         finally:
-            for task in (listener, stopper):
-                task.cancel()
-            await asyncio.gather(listener, stopper, return_exceptions=True)
-
-    async def _listen(self, wake: asyncio.Event) -> None:
-        """Set `wake` on every notification of a stored callback; reconnect when cut off."""
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=5
-                ) as conn:
-                    await conn.execute(f"LISTEN {CALLBACKS_CHANNEL}")
-                    wake.set()  # whatever arrived while we were not listening
-                    async for _ in conn.notifies():
-                        wake.set()
-            except (psycopg.Error, OSError) as exc:
-                log.warning("callback_listener_lost", error=type(exc).__name__)
-                await asyncio.sleep(ERROR_PAUSE_S)
+            stopper.cancel()
+            await asyncio.gather(stopper, return_exceptions=True)
 
     async def apply_pending(self) -> int:
         """Apply up to about BATCH waiting callbacks; return how many were processed."""

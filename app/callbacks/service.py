@@ -1,13 +1,14 @@
 """Storing a status callback: one statement, one round trip, then Exotel gets its 2xx.
 
-The callback is applied later, by the applier (app/callbacks/applier.py), which
-`pg_notify` wakes. What is stored is the raw body as received, whether or not it could
+The callback is applied later, by the applier (app/callbacks/applier.py) of this process,
+which the store wakes. What is stored is the raw body as received, whether or not it could
 be parsed: nothing that passed the token check is lost.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,7 +20,6 @@ from app.exotel.schemas import ExotelCallback
 
 log = structlog.get_logger(__name__)
 
-CALLBACKS_CHANNEL = "callbridge_callbacks"
 # Lengths of the call_events summary columns; the raw body keeps the full values.
 SHORT_COLUMN = 32
 SID_COLUMN = 64
@@ -27,23 +27,20 @@ CONTENT_TYPE_COLUMN = 255
 
 # A token speaks for one call: its callbacks may carry that call's Sid, or, while the
 # call has none yet (the connect answer is not stored, or was lost), a Sid no other call
-# has. Checked and stored in one statement; `pg_notify` is delivered at its commit.
+# has. Checked and stored in one statement.
 _STORE = """
-    WITH stored AS (
-        INSERT INTO call_events (call_id, call_sid, source, event_type, status, content_type,
-                                 raw_body, applied, received_at, processed_at)
-        SELECT calls.id, CAST(%(sid)s AS varchar), 'callback', %(event_type)s, %(status)s,
-               %(content_type)s, %(raw_body)s, false, %(received_at)s,
-               CASE WHEN %(applicable)s THEN NULL ELSE CAST(%(received_at)s AS timestamptz) END
-        FROM calls
-        WHERE calls.id = %(call_id)s
-          AND (CAST(%(sid)s AS varchar) IS NULL
-               OR calls.sid = %(sid)s
-               OR (calls.sid IS NULL
-                   AND NOT EXISTS (SELECT FROM calls AS owner WHERE owner.sid = %(sid)s)))
-        RETURNING id
-    )
-    SELECT id, pg_notify(%(channel)s, '') FROM stored
+    INSERT INTO call_events (call_id, call_sid, source, event_type, status, content_type,
+                             raw_body, applied, received_at, processed_at)
+    SELECT calls.id, CAST(%(sid)s AS varchar), 'callback', %(event_type)s, %(status)s,
+           %(content_type)s, %(raw_body)s, false, %(received_at)s,
+           CASE WHEN %(applicable)s THEN NULL ELSE CAST(%(received_at)s AS timestamptz) END
+    FROM calls
+    WHERE calls.id = %(call_id)s
+      AND (CAST(%(sid)s AS varchar) IS NULL
+           OR calls.sid = %(sid)s
+           OR (calls.sid IS NULL
+               AND NOT EXISTS (SELECT FROM calls AS owner WHERE owner.sid = %(sid)s)))
+    RETURNING id
 """
 _CALL_SID = "SELECT sid FROM calls WHERE id = %(call_id)s"
 
@@ -68,8 +65,12 @@ def _column_text(value: str | None, length: int) -> str | None:
 
 
 class CallbackInbox:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, stored: Callable[[], None]) -> None:
+        """`stored` is called after each callback is stored: it wakes this process's
+        applier (cheaper than a NOTIFY, which serialises the commits of every session
+        that sends one)."""
         self._pool = pool
+        self._stored = stored
 
     async def store(self, received: ReceivedCallback) -> None:
         """Store the callback durably, or raise the Problem that refuses it (404, 403)."""
@@ -90,11 +91,11 @@ class CallbackInbox:
                         "raw_body": received.raw_body,
                         "received_at": received.received_at,
                         "applicable": callback is not None,
-                        "channel": CALLBACKS_CHANNEL,
                     },
                 )
             ).fetchone()
             if stored is not None:
+                self._stored()
                 return
             # Refused: say why (the rare path may take a second round trip).
             found = await (await conn.execute(_CALL_SID, {"call_id": received.call_id})).fetchone()
