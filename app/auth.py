@@ -14,8 +14,8 @@ from app.config import ApiClient, Role
 from app.errors import Problem
 
 ANONYMOUS = ApiClient(name="anonymous", role="write")
-# Reads the header and documents the scheme in OpenAPI; the answers are ours (problem+json).
-_bearer = HTTPBearer(auto_error=False, description="A key from API_KEYS")
+# Documents the scheme in OpenAPI; `authorize` reads the header and answers (problem+json).
+bearer = HTTPBearer(auto_error=False, description="A key from API_KEYS")
 
 
 class ApiKeys:
@@ -60,23 +60,34 @@ def _from_this_machine(request: Request) -> bool:
         return False
 
 
+def _bearer_key(authorization: str | None) -> str | None:
+    scheme, _, key = (authorization or "").partition(" ")
+    return key if scheme.lower() == "bearer" and key else None
+
+
+def authorize(request: Request, role: Role) -> ApiClient:
+    """The API client whose key the request carries, if it may act as `role`; else the
+    Problem (401, 403) that refuses the request."""
+    keys: ApiKeys = request.app.state.api_keys
+    if keys.open_access and not _from_this_machine(request):
+        raise Problem(
+            403, "forbidden", "Without API_KEYS, only requests from this machine are served"
+        )
+    client = keys.identify(_bearer_key(request.headers.get("authorization")))
+    if role == "write" and client.role != "write":
+        raise Problem(403, "forbidden", "This API key may only read calls")
+    request.state.api_client = client.name
+    return client
+
+
 def _require(role: Role) -> object:
     # `async def` although it awaits nothing: FastAPI runs a plain `def` dependency in a
     # worker thread, a hand-off on every request for a few microseconds of hashing.
     async def dependency(
         request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> ApiClient:
-        keys: ApiKeys = request.app.state.api_keys
-        if keys.open_access and not _from_this_machine(request):
-            raise Problem(
-                403, "forbidden", "Without API_KEYS, only requests from this machine are served"
-            )
-        client = keys.identify(credentials.credentials if credentials else None)
-        if role == "write" and client.role != "write":
-            raise Problem(403, "forbidden", "This API key may only read calls")
-        request.state.api_client = client.name
-        return client
+        return authorize(request, role)
 
     return Depends(dependency)
 

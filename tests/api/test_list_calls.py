@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -140,3 +141,29 @@ async def test_unknown_route_is_a_problem(reader: httpx.AsyncClient) -> None:
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["status"] == 404
+
+
+@pytest.mark.parametrize(
+    ("ref", "authorization"),
+    [
+        ("x" * 65, f"Bearer {READER_KEY}"),  # too long
+        ("CA\x00" + "1" * 8, f"Bearer {READER_KEY}"),  # a NUL
+        ("no-such-sid", None),  # no key
+        ("no-such-sid", "Bearer not-a-key"),  # an unknown key
+        ("no-such-sid", f"Basic {READER_KEY}"),  # not a Bearer key
+        ("x" * 65, None),  # the key is checked first
+    ],
+)
+async def test_read_refuses_what_the_other_reads_refuse(
+    client: httpx.AsyncClient, ref: str, authorization: str | None
+) -> None:
+    """GET /calls/{ref} checks its key and ref itself (it skips FastAPI's parameters for
+    speed): its refusals are the ones FastAPI gives GET /calls/{ref}/events."""
+    headers = {"Authorization": authorization} if authorization else {}
+    del client.headers["Authorization"]
+    read = await client.get(f"/calls/{quote(ref)}", headers=headers)
+    events = await client.get(f"/calls/{quote(ref)}/events", headers=headers)
+    assert read.status_code in (401, 422)
+    assert (read.status_code, read.json()) == (events.status_code, events.json())
+    assert read.headers["content-type"] == "application/problem+json"
+    assert read.headers.get("www-authenticate") == events.headers.get("www-authenticate")
