@@ -21,6 +21,7 @@ from sqlalchemy import text
 from app.callbacks.applier import POLL_INTERVAL_S
 from app.calls.tokens import CallbackTokens
 from app.middleware import MAX_BODY_BYTES
+from tests.conftest import WAITING_CALLBACKS
 from tests.exotel_callbacks import (
     JSON_SAMPLE,
     SAMPLE_SID,
@@ -33,7 +34,6 @@ from tests.exotel_callbacks import (
     place_calls,
     read_call,
 )
-from tests.conftest import WAITING_CALLBACKS
 from tests.exotel_samples import connect_answer
 
 IST = ZoneInfo("Asia/Kolkata")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from urllib.parse import parse_qs, urlsplit
 
@@ -165,3 +166,20 @@ async def test_a_crash_is_a_500_problem_with_the_request_id_and_a_redacted_trace
     assert (request["route"], request["status"]) == ("/crash", 500)
     assert FROM not in logs.text
     assert WRITER_KEY not in logs.text
+
+
+async def test_at_debug_level_quiet_requests_are_logged_too(
+    client: httpx.AsyncClient, logs: CapturedLogs
+) -> None:
+    root = logging.getLogger()
+    level = root.level
+    quiet = await client.get("/healthz")
+    root.setLevel(logging.DEBUG)
+    try:
+        logged = await client.get("/healthz")
+    finally:
+        root.setLevel(level)
+
+    [line] = logs.requests()
+    assert line["request_id"] == logged.headers["x-request-id"] != quiet.headers["x-request-id"]
+    assert (line["method"], line["route"], line["status"]) == ("GET", "/healthz", 200)
