@@ -15,7 +15,7 @@ from app.errors import Problem
 
 ANONYMOUS = ApiClient(name="anonymous", role="write")
 # Documents the scheme in OpenAPI; `authorize` reads the header and answers (problem+json).
-bearer = HTTPBearer(auto_error=False, description="A key from API_KEYS")
+_bearer = HTTPBearer(auto_error=False, description="A key from API_KEYS")
 
 
 class ApiKeys:
@@ -85,7 +85,7 @@ def _require(role: Role) -> object:
     # worker thread, a hand-off on every request for a few microseconds of hashing.
     async def dependency(
         request: Request,
-        _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ApiClient:
         return authorize(request, role)
 

@@ -6,7 +6,9 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import Field, TypeAdapter, ValidationError
 
 from app.auth import Reader, authorize
 from app.calls.openapi import (
@@ -37,8 +39,9 @@ REF_DESCRIPTION = "The Exotel Sid or the call's id"
 CallRef = Annotated[
     str, Path(max_length=REF_MAX_LENGTH, pattern=NO_NUL, description=REF_DESCRIPTION)
 ]
-# GET /calls/{ref} takes the bare request (see get_call): its parameter and security, as
-# FastAPI would document them.
+# GET /calls/{ref} takes the bare request (see get_call): the same rules, checked by the
+# endpoint, and its parameter and security documented as FastAPI would.
+_REF = TypeAdapter(Annotated[str, Field(max_length=REF_MAX_LENGTH, pattern=NO_NUL)])
 _GET_CALL_OPENAPI = {
     "security": [{"HTTPBearer": []}],
     "parameters": [
@@ -46,13 +49,7 @@ _GET_CALL_OPENAPI = {
             "name": "ref",
             "in": "path",
             "required": True,
-            "schema": {
-                "type": "string",
-                "maxLength": REF_MAX_LENGTH,
-                "pattern": NO_NUL,
-                "description": REF_DESCRIPTION,
-                "title": "Ref",
-            },
+            "schema": {**_REF.json_schema(), "description": REF_DESCRIPTION, "title": "Ref"},
             "description": REF_DESCRIPTION,
         }
     ],
@@ -149,14 +146,13 @@ async def get_call(request: Request) -> Response:
     # than the read itself (bench/README.md), so the endpoint checks the key and the ref
     # itself, with the same rules and answers as CallRef and Reader.
     authorize(request, "read")
-    ref: str = request.path_params["ref"]
-    if len(ref) > REF_MAX_LENGTH:
-        message = f"String should have at most {REF_MAX_LENGTH} characters"
-        raise validation_problem([{"field": "ref", "message": message}])
-    if "\x00" in ref:
-        raise validation_problem(
-            [{"field": "ref", "message": f"String should match pattern '{NO_NUL}'"}]
-        )
+    try:
+        ref = _REF.validate_python(request.path_params["ref"])
+    except ValidationError as exc:
+        # Answered by the same handler as FastAPI's own path validation.
+        raise RequestValidationError(
+            [{**error, "loc": ("path", "ref", *error["loc"])} for error in exc.errors()]
+        ) from None
     return Response(await _service(request).get_resource(ref), media_type="application/json")
 
 
