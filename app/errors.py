@@ -175,44 +175,41 @@ def _from_request_validation(exc: RequestValidationError) -> Problem:
     return validation_problem(errors)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def on_problem(_: Request, exc: Exception) -> ProblemResponse:
-        assert isinstance(exc, Problem)
-        return exc.response()
-
-    async def on_validation(_: Request, exc: Exception) -> ProblemResponse:
-        assert isinstance(exc, RequestValidationError)
-        return _from_request_validation(exc).response()
-
-    async def on_http(_: Request, exc: Exception) -> ProblemResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        if isinstance(exc, HTTPProblem):
-            return exc.problem.response()
+def _problem_of(request: Request, exc: Exception) -> Problem:
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, HTTPProblem):
+        return exc.problem
+    if isinstance(exc, RequestValidationError):
+        return _from_request_validation(exc)
+    if isinstance(exc, StarletteHTTPException):
         slug = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        headers = dict(exc.headers or {})
-        return Problem(exc.status_code, slug, detail, headers=headers).response()
-
-    async def on_database_down(_: Request, exc: Exception) -> ProblemResponse:
-        assert isinstance(exc, DATABASE_DOWN_ERRORS)
+        return Problem(exc.status_code, slug, detail, headers=dict(exc.headers or {}))
+    if isinstance(exc, DATABASE_DOWN_ERRORS):
         reason = exc.orig if isinstance(exc, DBAPIError) else exc
         log.warning("database_unavailable", error=type(reason).__name__, reason=str(reason))
-        return database_unavailable().response()
+        return database_unavailable()
+    # Under FastAPI this runs outside the request-log middleware: its context (the request
+    # id bound to log lines, the header it adds to answers) is gone by now.
+    request_id: str | None = getattr(request.state, "request_id", None)
+    log.exception("unhandled_error", request_id=request_id)
+    headers = {"X-Request-ID": request_id} if request_id else None
+    return Problem(500, "internal-error", "Something went wrong on our side", headers=headers)
 
-    async def on_unexpected(request: Request, exc: Exception) -> ProblemResponse:
-        # This runs outside the request-log middleware: its context (the request id
-        # bound to log lines, the header it adds to answers) is gone by now.
-        request_id: str | None = getattr(request.state, "request_id", None)
-        log.exception("unhandled_error", request_id=request_id)
-        headers = {"X-Request-ID": request_id} if request_id else None
-        problem = Problem(
-            500, "internal-error", "Something went wrong on our side", headers=headers
-        )
-        return problem.response()
 
-    app.add_exception_handler(Problem, on_problem)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    for error in DATABASE_DOWN_ERRORS:
-        app.add_exception_handler(error, on_database_down)
-    app.add_exception_handler(Exception, on_unexpected)
+async def problem_answer(request: Request, exc: Exception) -> ProblemResponse:
+    """The problem+json answer to an exception: FastAPI's handler for every kind of error,
+    and the callback lane's (app/callbacks/router.py)."""
+    return _problem_of(request, exc).response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for error in (
+        Problem,
+        RequestValidationError,
+        StarletteHTTPException,
+        *DATABASE_DOWN_ERRORS,
+        Exception,
+    ):
+        app.add_exception_handler(error, problem_answer)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import ApiKeys
 from app.callbacks.applier import running_applier
-from app.callbacks.router import CALLBACK_PATH, exotel_callback
+from app.callbacks.router import CALLBACK_PATH, CallbackLane, exotel_callback
 from app.callbacks.router import OPENAPI as CALLBACK_OPENAPI
 from app.callbacks.service import CallbackInbox
 from app.calls.router import router as calls_router
@@ -241,7 +241,9 @@ def create_app(settings: Settings | None = None, *, serves_http: bool = True) ->
     app.state.serves_http = serves_http
     install_error_handlers(app)
     install_openapi(app, extra_operations={CALLBACK_PATH: {"post": CALLBACK_OPENAPI}})
-    # The last added runs first: the request log sees (and counts) the 413s too.
+    # The last added runs first: the request log sees (and counts) the 413s too, and the
+    # callbacks' lane, after them.
+    app.add_middleware(CallbackLane)
     app.add_middleware(BodyLimitsMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestLogMiddleware)
     app.add_route(CALLBACK_PATH, exotel_callback, methods=["POST"], include_in_schema=False)

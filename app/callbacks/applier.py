@@ -7,8 +7,9 @@ died, say), and applies what waits:
 
 1. lock, with SKIP LOCKED, the calls of the oldest waiting events (replicas share the
    work: each takes calls no other holds), in id order;
-2. read those calls' waiting events, oldest first, parse each again from its raw body
-   and run `apply_update`, the rules every message from Exotel goes through;
+2. read those calls' waiting events, oldest first, and run `apply_update`, the rules every
+   message from Exotel goes through, on each: on the update the endpoint parsed, if it
+   was stored by this process, else parsed again from its raw body;
 3. write the calls, their legs, the events' `processed_at`/`applied` and the outbox rows
    back in a few statements, and commit.
 
@@ -25,6 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeAlias
 
 import structlog
 from sqlalchemy import ColumnElement, func, select
@@ -35,6 +37,7 @@ from app.calls import store
 from app.calls.apply import Applied, apply_update
 from app.calls.state import CallState
 from app.exotel.callbacks import CallbackError, parse_callback
+from app.exotel.schemas import ExotelCallback
 from app.metrics import CALLBACK_APPLY_LAG, CALLBACKS_APPLIED
 
 log = structlog.get_logger(__name__)
@@ -53,14 +56,25 @@ events = store.call_events
 WAITING = events.c.processed_at.is_(None)
 
 
+# Callbacks parsed by the endpoint kept for the applier, by event id: parsing one again
+# from its raw body costs about a tenth of its whole cost (bench/README.md). Past
+# PARSED_KEPT waiting (a backlog: a few MB), the others are parsed again.
+Parsed: TypeAlias = dict[int, ExotelCallback]
+PARSED_KEPT = 5_000
+
+
 class CallbackApplier:
     def __init__(self, engine: AsyncEngine, *, details_after: timedelta) -> None:
         self._engine = engine
         self._details_after = details_after
         self._woken = asyncio.Event()
+        self._parsed: Parsed = {}
 
-    def wake(self) -> None:
-        """Apply what waits now, not at the next poll."""
+    def wake(self, event_id: int, callback: ExotelCallback) -> None:
+        """Apply what waits now, not at the next poll; `callback` is stored event
+        `event_id`, parsed."""
+        if len(self._parsed) < PARSED_KEPT:
+            self._parsed[event_id] = callback
         self._woken.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -88,7 +102,9 @@ class CallbackApplier:
         """Apply up to about BATCH waiting callbacks; return how many were processed."""
         try:
             async with self._engine.begin() as conn:
-                return await apply_waiting(conn, WAITING, details_after=self._details_after)
+                return await apply_waiting(
+                    conn, WAITING, details_after=self._details_after, parsed=self._parsed
+                )
         except (DataError, IntegrityError) as exc:
             log.warning("callback_batch_refused", reason=_refusal(exc))
             return await self._apply_one_at_a_time()
@@ -118,13 +134,24 @@ class CallbackApplier:
 
 
 async def apply_waiting(
-    conn: AsyncConnection, which: ColumnElement[bool], *, details_after: timedelta
+    conn: AsyncConnection,
+    which: ColumnElement[bool],
+    *,
+    details_after: timedelta,
+    parsed: Parsed | None = None,
 ) -> int:
     """Apply the events `which` selects, of calls no other transaction holds, within the
-    caller's transaction (~7 round trips); return how many were processed."""
+    caller's transaction (~7 round trips); return how many were processed.
+
+    `parsed` holds callbacks already parsed; those of the events taken are removed, and
+    so are those of older events: another process applied them, or their call is held
+    by another transaction, and they are parsed again when their turn comes.
+    """
+    parsed = {} if parsed is None else parsed
     oldest = select(events.c.call_id).where(which).order_by(events.c.id).limit(BATCH)
     calls = await store.lock(conn, oldest, skip_locked=True)
     if not calls:
+        parsed.clear()
         return 0
     rows = (
         await conn.execute(
@@ -143,9 +170,13 @@ async def apply_waiting(
     changed_calls: set[uuid.UUID] = set()
     changed_events: list[int] = []
     outcomes: Counter[str] = Counter()
+    oldest_taken = rows[0].id if rows else 0
+    for older in [event_id for event_id in parsed if event_id < oldest_taken]:
+        del parsed[older]
     for row in rows:
         call = calls[row.call_id]
-        applied = await _apply_event(call, row.raw_body, row.content_type)
+        callback = parsed.pop(row.id, None) or await _parsed(row.raw_body, row.content_type)
+        applied = None if callback is None else apply_update(call, callback.to_update())
         outcome = "unchanged"
         if applied is not None and applied.changed:
             changed_calls.add(call.id)
@@ -183,15 +214,12 @@ async def apply_waiting(
     return len(rows)
 
 
-async def _apply_event(
-    call: CallState, raw_body: bytes, content_type: str | None
-) -> Applied | None:
-    """Apply one stored callback to its call; None if it cannot be read."""
+async def _parsed(raw_body: bytes, content_type: str | None) -> ExotelCallback | None:
+    """A stored callback, parsed again; None if it cannot be read."""
     try:
-        callback = await parse_callback(raw_body, content_type)
+        return await parse_callback(raw_body, content_type)
     except CallbackError:
         return None  # the parser changed since it was stored, and now refuses it
-    return apply_update(call, callback.to_update())
 
 
 def _refusal(exc: DBAPIError) -> str:

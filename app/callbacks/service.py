@@ -65,10 +65,12 @@ def _column_text(value: str | None, length: int) -> str | None:
 
 
 class CallbackInbox:
-    def __init__(self, pool: ConnectionPool, *, stored: Callable[[], None]) -> None:
-        """`stored` is called after each callback is stored: it wakes this process's
-        applier (cheaper than a NOTIFY, which serialises the commits of every session
-        that sends one)."""
+    def __init__(
+        self, pool: ConnectionPool, *, stored: Callable[[int, ExotelCallback], None]
+    ) -> None:
+        """`stored` is given each callback to apply, with its event id, once stored: it
+        wakes this process's applier (cheaper than a NOTIFY, which serialises the commits
+        of every session that sends one) and hands it the callback already parsed."""
         self._pool = pool
         self._stored = stored
 
@@ -95,7 +97,8 @@ class CallbackInbox:
                 )
             ).fetchone()
             if stored is not None:
-                self._stored()
+                if callback is not None:
+                    self._stored(stored[0], callback)
                 return
             # Refused: say why (the rare path may take a second round trip).
             found = await (await conn.execute(_CALL_SID, {"call_id": received.call_id})).fetchone()

@@ -7,7 +7,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
@@ -19,7 +19,9 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.callbacks.applier import POLL_INTERVAL_S
+from app.callbacks.service import CallbackInbox, ReceivedCallback
 from app.calls.tokens import CallbackTokens
+from app.exotel.callbacks import parse_callback
 from app.middleware import MAX_BODY_BYTES
 from tests.conftest import WAITING_CALLBACKS
 from tests.exotel_callbacks import (
@@ -168,6 +170,36 @@ async def test_a_stored_callback_wakes_the_applier_of_its_process(
         waits_s.append(asyncio.get_running_loop().time() - stored_at)
 
     assert max(waits_s) < POLL_INTERVAL_S / 2, waits_s
+
+
+async def test_a_callback_another_process_stored_is_applied_as_one_stored_here(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    exotel: respx.MockRouter,
+    exotel_side: httpx.AsyncClient,
+) -> None:
+    """The endpoint hands its applier the callback it parsed; what another process stored
+    is parsed again from the raw body: both apply the same."""
+    [(_, url), (other, _)] = await place_calls(client, exotel, SID, OTHER_SID)
+    other_body = json.dumps(callback(CallSid=OTHER_SID)).encode()
+    parsed = await parse_callback(other_body, "application/json")
+    # As another replica stores it: nothing is handed to this process's applier.
+    elsewhere = CallbackInbox(app.state.pool, stored=lambda *_: None)
+
+    assert (await exotel_side.post(url, content=JSON_SAMPLE, headers=JSON)).status_code == 200
+    await elsewhere.store(
+        ReceivedCallback(
+            uuid.UUID(other["id"]), parsed, other_body, "application/json", datetime.now(UTC)
+        )
+    )
+
+    here, there = await read_call(client, SID), await read_call(client, OTHER_SID)
+    assert here["status"] == "no-answer"
+    ours = ("id", "sid", "created_at", "updated_at")
+    assert {k: v for k, v in here.items() if k not in ours} == {
+        k: v for k, v in there.items() if k not in ours
+    }
+    assert [e["applied"] for e in await call_events(client, OTHER_SID)] == [True]
 
 
 async def test_concurrent_duplicates_are_applied_exactly_once(
