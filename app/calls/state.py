@@ -62,15 +62,16 @@ class CallState:
     def from_row(
         cls, row: Any, legs: list[LegState], notify: NotifyState | None = None
     ) -> CallState:
-        """From a row holding (at least) every column named by CALL_STATE_COLUMNS."""
-        mapping = row._mapping
-        return cls(**{name: mapping[name] for name in CALL_STATE_COLUMNS}, legs=legs, notify=notify)
+        """From a row whose first columns are CALL_STATE_COLUMNS, in that order (by
+        position: a row's mapping costs more than the rest of reading a call)."""
+        return cls(*row[:_STATE_COLUMN_COUNT], legs=legs, notify=notify)  # type: ignore[misc]
 
 
 # The calls columns a CallState holds, in the order of its fields.
 CALL_STATE_COLUMNS = tuple(
     name for name in CallState.__dataclass_fields__ if name not in ("legs", "notify")
 )
+_STATE_COLUMN_COUNT = len(CALL_STATE_COLUMNS)
 # What Exotel's messages may change (see app.calls.apply); the rest is ours.
 APPLIED_COLUMNS = (
     "sid",
