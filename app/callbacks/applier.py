@@ -8,8 +8,8 @@ died, say), and applies what waits:
 1. lock, with SKIP LOCKED, the calls of the oldest waiting events (replicas share the
    work: each takes calls no other holds), in id order;
 2. read those calls' waiting events, oldest first, and run `apply_update`, the rules every
-   message from Exotel goes through, on each: on the update the endpoint parsed, if it
-   was stored by this process, else parsed again from its raw body;
+   message from Exotel goes through, on each: on the callback as the endpoint parsed it,
+   if this process stored it, else as parsed again from its raw body;
 3. write the calls, their legs, the events' `processed_at`/`applied` and the outbox rows
    back in a few statements, and commit.
 
