@@ -236,6 +236,9 @@ def create_app(settings: Settings | None = None, *, serves_http: bool = True) ->
         description=API_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        # Callbridge exports its own Prometheus metrics and request log, not OpenTelemetry:
+        # off, FastAPI's telemetry no longer looks for a configured provider on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.serves_http = serves_http

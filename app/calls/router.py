@@ -61,11 +61,11 @@ def _service(request: Request) -> CallService:
     return service
 
 
-def _json_body(request: Request) -> None:
+async def _json_body(request: Request) -> None:
     """Refuse a body not sent as JSON (415), before it is validated as one (422).
 
     FastAPI reads a body as JSON only when its Content-Type says so; without one too,
-    the body could never be read.
+    the body could never be read. `async def` for the reason given in app/auth.py.
     """
     content_type = request.headers.get("content-type", "")
     media_type = content_type.partition(";")[0].strip().lower()

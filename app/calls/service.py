@@ -109,6 +109,9 @@ def mask_number(number: str | None) -> str | None:
     return number[:3] + "*" * max(len(number) - 7, 0) + number[-4:]
 
 
+# Parsing and checking a number is most of the CPU of validating a request, and the same
+# numbers recur (an agent's, the caller id): each is done once per process.
+@functools.lru_cache(maxsize=4096)
 def to_e164(number: str, default_country: str) -> str | None:
     try:
         parsed = phonenumbers.parse(number, default_country)
@@ -242,13 +245,6 @@ class CallService:
                 assert idempotency_key is not None
                 async with self._autocommit.connect() as replaying:
                     return await self._replay(replaying, client, idempotency_key, new), True
-            call = new.state
-            log.info(
-                "call_pending",
-                call_id=str(call.id),
-                from_number=mask_number(call.from_number),
-                to_number=mask_number(call.to_number),
-            )
             asking = True
             # Shielded: a client that hangs up must not stop us recording Exotel's answer.
             return await asyncio.shield(self._ask_exotel_claimed(new, claim)), False
@@ -394,7 +390,13 @@ class CallService:
             functools.partial(self._record_placed, pending, exotel_call),
             self._unknown_answer(pending, stored=False),
         )
-        log.info("call_placed", call_id=str(pending.id), sid=exotel_call.sid)
+        log.info(
+            "call_placed",
+            call_id=str(pending.id),
+            sid=exotel_call.sid,
+            from_number=mask_number(pending.from_number),
+            to_number=mask_number(pending.to_number),
+        )
         return answer
 
     async def _store_answer(

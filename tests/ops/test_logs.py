@@ -53,10 +53,35 @@ async def test_a_sane_request_id_is_kept_and_every_line_of_the_request_carries_i
     assert response.status_code == 201
     assert response.headers["x-request-id"] == "upstream-42.a:b"
     events = {line["event"]: line for line in logs.lines()}
-    assert {"call_pending", "exotel_request", "call_placed", "request"} <= events.keys()
+    assert {"call_placed", "request"} <= events.keys()
     assert {line.get("request_id") for line in logs.lines()} == {"upstream-42.a:b"}
-    assert events["exotel_request"]["outcome"] == "ok"
-    assert isinstance(events["exotel_request"]["latency_ms"], float)
+    assert events["call_placed"]["sid"] == SID
+    assert events["call_placed"]["from_number"] == "+91******3210"
+
+
+async def test_requests_to_exotel_are_logged_at_debug_when_ok_and_at_info_when_not(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, logs: CapturedLogs
+) -> None:
+    exotel.post("/connect.json").mock(
+        side_effect=[
+            httpx.Response(200, json=connect_answer(SID)),
+            httpx.Response(500, json={"RestException": {"Message": "Internal error"}}),
+        ]
+    )
+    logging.getLogger("app.exotel.client").setLevel(logging.DEBUG)
+    try:
+        placed = await client.post("/calls", json={"from": FROM, "to": TO})
+        failed = await client.post("/calls", json={"from": FROM, "to": TO})
+    finally:
+        logging.getLogger("app.exotel.client").setLevel(logging.NOTSET)
+
+    assert (placed.status_code, failed.status_code) == (201, 502)
+    lines = [line for line in logs.lines() if line["event"] == "exotel_request"]
+    assert [(line["level"], line["outcome"], line["status"]) for line in lines] == [
+        ("debug", "ok", 200),
+        ("info", "error", 500),
+    ]
+    assert all(isinstance(line["latency_ms"], float) for line in lines)
 
 
 async def test_an_unsafe_request_id_is_replaced(
