@@ -200,7 +200,7 @@ def _problem_of(request: Request, exc: Exception) -> Problem:
 
 async def problem_answer(request: Request, exc: Exception) -> ProblemResponse:
     """The problem+json answer to an exception: FastAPI's handler for every kind of error,
-    and the callback lane's (app/callbacks/router.py)."""
+    and the hot routes' (app/middleware.py)."""
     return _problem_of(request, exc).response()
 
 

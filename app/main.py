@@ -17,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import ApiKeys
 from app.callbacks.applier import running_applier
-from app.callbacks.router import CALLBACK_PATH, CallbackLane, exotel_callback
+from app.callbacks.router import CALLBACK_PATH, exotel_callback
 from app.callbacks.router import OPENAPI as CALLBACK_OPENAPI
 from app.callbacks.service import CallbackInbox
+from app.calls.router import get_call
 from app.calls.router import router as calls_router
 from app.calls.service import CallService
 from app.calls.tokens import CallbackTokens
@@ -44,7 +45,13 @@ from app.exotel.client import ExotelClient, build_http_client
 from app.jobs.runner import running_jobs
 from app.limits.gcra import client_limiter, exotel_limiter
 from app.logs import configure_logging
-from app.middleware import MAX_BODY_BYTES, BodyLimitsMiddleware, RequestLogMiddleware
+from app.middleware import (
+    MAX_BODY_BYTES,
+    BodyLimitsMiddleware,
+    HotRoute,
+    HotRoutes,
+    RequestLogMiddleware,
+)
 from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.ops.service import OpsService
@@ -245,8 +252,14 @@ def create_app(settings: Settings | None = None, *, serves_http: bool = True) ->
     install_error_handlers(app)
     install_openapi(app, extra_operations={CALLBACK_PATH: {"post": CALLBACK_OPENAPI}})
     # The last added runs first: the request log sees (and counts) the 413s too, and the
-    # callbacks' lane, after them.
-    app.add_middleware(CallbackLane)
+    # hot routes, after them.
+    app.add_middleware(
+        HotRoutes,
+        routes=[
+            HotRoute("POST", CALLBACK_PATH, exotel_callback),
+            HotRoute("GET", "/calls/{ref}", get_call),
+        ],
+    )
     app.add_middleware(BodyLimitsMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestLogMiddleware)
     app.add_route(CALLBACK_PATH, exotel_callback, methods=["POST"], include_in_schema=False)

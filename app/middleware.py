@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: the request log (with HTTP metrics) and the request body limits.
+"""Pure ASGI middleware: the request log (with HTTP metrics), the request body limits, and
+the hot routes answered in front of FastAPI's routing.
 
 Pure ASGI rather than BaseHTTPMiddleware: nothing is buffered, the request id bound
 here reaches every log line of the request (same task, same contextvars), and a body
@@ -13,14 +14,16 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import HTTPProblem, Problem
+from app.errors import HTTPProblem, Problem, problem_answer
 from app.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
 
 log = structlog.get_logger("app.requests")
@@ -219,3 +222,71 @@ class BodyLimitsMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class HotRoute:
+    """A route `HotRoutes` answers itself. `path` is its template, as FastAPI's: literal,
+    or with one parameter at its end (`/calls/{ref}`), which matches one path segment."""
+
+    def __init__(
+        self, method: str, path: str, endpoint: Callable[[Request], Awaitable[Response]]
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.endpoint = endpoint
+        prefix, brace, parameter = path.partition("{")
+        self._prefix = prefix
+        self._parameter = parameter.removesuffix("}") if brace else None
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path parameters if `path` is this route's, else None."""
+        if self._parameter is None:
+            return {} if path == self._prefix else None
+        value = path[len(self._prefix) :]
+        if not path.startswith(self._prefix) or not value or "/" in value:
+            return None
+        return {self._parameter: value}
+
+
+class HotRoutes:
+    """Answers the hot routes (callbacks, the call dashboards poll) in front of FastAPI's
+    routing.
+
+    The layers between the middlewares and an endpoint (exception middleware, routers,
+    route matching, the endpoint's wrappers) cost more CPU than these endpoints' own work
+    (bench/README.md). Their endpoints take the bare request and check what they need
+    themselves; their errors get the answers FastAPI's handlers give (`problem_answer`).
+    The routes stay registered with FastAPI too: it answers their other methods (405),
+    and documents them.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[HotRoute]) -> None:
+        self.app = app
+        self.routes = tuple(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.routes:
+                if route.method == scope["method"]:
+                    path_params = route.match(scope["path"])
+                    if path_params is not None:
+                        await self._answer(route, path_params, scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _answer(
+        route: HotRoute, path_params: dict[str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        # As Starlette's routing would: the request log names the route by its template.
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = path_params
+        request = Request(scope, receive)
+        try:
+            response = await route.endpoint(request)
+        except ClientDisconnect:
+            raise  # nobody is left to answer; the request log counts it
+        except Exception as exc:
+            response = await problem_answer(request, exc)
+        await response(scope, receive, send)

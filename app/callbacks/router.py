@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.callbacks.schemas import CALLBACK_REQUEST_BODY, CallbackAccepted
 from app.callbacks.service import CallbackInbox, ReceivedCallback
@@ -25,7 +24,6 @@ from app.calls.tokens import CallbackTokens
 from app.errors import (
     SERVER_PROBLEMS,
     Problem,
-    problem_answer,
     problem_response,
     validation_problem,
 )
@@ -93,35 +91,6 @@ async def exotel_callback(request: Request) -> Response:
             raise refusal
     _STORED.inc()
     return Response(ACCEPTED, media_type="application/json")
-
-
-class CallbackLane:
-    """Middleware answering POST /callbacks/exotel itself, in front of FastAPI's routing.
-
-    Callbacks are most of the traffic, and the layers between the middlewares and the
-    endpoint (exception middleware, routers, route matching, the endpoint's wrappers) cost
-    more CPU than the endpoint's own work (bench/README.md). Errors get the answers
-    FastAPI's handlers give. The route stays registered too: FastAPI answers its other
-    methods (405), and documents it.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != CALLBACK_PATH:
-            await self.app(scope, receive, send)
-            return
-        # As Starlette's routing would: the request log names the route by its endpoint.
-        scope["endpoint"] = exotel_callback
-        request = Request(scope, receive)
-        try:
-            response = await exotel_callback(request)
-        except ClientDisconnect:
-            raise  # nobody is left to answer; the request log counts it
-        except Exception as exc:
-            response = await problem_answer(request, exc)
-        await response(scope, receive, send)
 
 
 # The route is a plain Starlette one (app.main), outside FastAPI's parameter handling:

@@ -142,9 +142,10 @@ async def list_calls(
     openapi_extra=_GET_CALL_OPENAPI,
 )
 async def get_call(request: Request) -> Response:
-    # Dashboards poll this. Solving FastAPI's parameters and dependencies cost more CPU
-    # than the read itself (bench/README.md), so the endpoint checks the key and the ref
-    # itself, with the same rules and answers as CallRef and Reader.
+    # Dashboards poll this. FastAPI's routing, parameters and dependencies cost more CPU
+    # than the read itself (bench/README.md): app.middleware.HotRoutes calls this with the
+    # bare request, and it checks the key and the ref itself, with the same rules and
+    # answers as CallRef and Reader.
     authorize(request, "read")
     try:
         ref = _REF.validate_python(request.path_params["ref"])

@@ -153,3 +153,21 @@ async def test_a_page_holds_each_call_as_callout_renders_it(
     assert rest["next_cursor"] is None
     # Equal as JSON values (a price of 0 is `0` from Postgres, `0.0` from Python).
     assert read == {str(call_id): await rendered_by_callout(app, call_id) for call_id in call_ids}
+
+
+async def test_the_routes_beside_the_hot_one_are_still_fastapis(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """GET /calls/{ref} is answered in front of FastAPI's routing (app.middleware.HotRoutes):
+    its other methods, a trailing slash and the routes below it still reach FastAPI."""
+    call_id = (await store_calls(app))[1]
+
+    assert (await client.get(f"/calls/{call_id}")).status_code == 200
+    for method in ("DELETE", "PUT", "HEAD"):
+        not_allowed = await client.request(method, f"/calls/{call_id}")
+        assert not_allowed.status_code == 405
+        assert not_allowed.headers["allow"] == "GET"
+    redirected = await client.get(f"/calls/{call_id}/")
+    assert redirected.status_code == 307
+    assert redirected.headers["location"].endswith(f"/calls/{call_id}")
+    assert (await client.get(f"/calls/{call_id}/events")).status_code == 200
