@@ -162,10 +162,14 @@ async def test_a_worker_serves_its_probes_and_metrics_on_its_own_port(
     _, path = workers[0]
     port = PROBE_PORTS[0]
 
-    async def started() -> bool:
-        return has_logged(path, "worker_started")
+    async def listening() -> bool:
+        # uvicorn's own line: "worker_started" may come just before its socket is bound.
+        return any(
+            str(entry.get("event", "")).startswith("Uvicorn running on")
+            for entry in log_events(path)
+        )
 
-    await eventually(started, timeout_s=30)
+    await eventually(listening, timeout_s=30)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         health = await http.get("/healthz")
         ready = await http.get("/readyz")
