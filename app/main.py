@@ -11,7 +11,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 import structlog
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -257,7 +258,7 @@ def create_app(settings: Settings | None = None, *, serves_http: bool = True) ->
         HotRoutes,
         routes=[
             HotRoute("POST", CALLBACK_PATH, exotel_callback),
-            HotRoute("GET", "/calls/{ref}", get_call),
+            HotRoute("GET", _route_path(calls_router, get_call), get_call),
         ],
     )
     app.add_middleware(BodyLimitsMiddleware, max_bytes=MAX_BODY_BYTES)
@@ -266,6 +267,16 @@ def create_app(settings: Settings | None = None, *, serves_http: bool = True) ->
     app.include_router(calls_router)
     app.include_router(ops_router)
     return app
+
+
+def _route_path(router: APIRouter, endpoint: object) -> str:
+    """The template `router` routes `endpoint` by, so that its hot route matches the same
+    paths."""
+    return next(
+        route.path
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.endpoint is endpoint
+    )
 
 
 app = create_app()
