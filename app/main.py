@@ -199,7 +199,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         applier = await stack.enter_async_context(
             running_applier(applier_engine, details_after=settings.details_after)
         )
-        app.state.callback_inbox = CallbackInbox(pool, stored=applier.wake)
+        app.state.callback_inbox = CallbackInbox(pool, applier)
         # This process's claims on the work it does (app/claims.py), on a connection of
         # their own, outside the pools: released together when the process stops, or by
         # Postgres when it dies.

@@ -65,6 +65,15 @@ WAITING = events.c.processed_at.is_(None)
 # PARSED_KEPT waiting (a backlog: a few MB), the others are parsed again.
 Parsed: TypeAlias = dict[int, ExotelCallback]
 PARSED_KEPT = 5_000
+# Callbacks stored by this process and not yet applied past which its endpoint waits (at
+# most ROOM_WAIT_S) before storing more. Storing costs about twice what applying does,
+# and under a saturating load the requests would take all of the process's CPU: the
+# backlog, and the lag, would grow for as long as the load lasted (bench/README.md).
+# Below PARSED_KEPT, so that the parsed callbacks kept count them.
+BACKLOG_LIMIT = 1_000
+# Bounded: an applier that cannot apply (the database refuses it) must not keep
+# callbacks from being stored.
+ROOM_WAIT_S = 1.0
 
 
 class CallbackApplier:
@@ -73,13 +82,25 @@ class CallbackApplier:
         self._details_after = details_after
         self._woken = asyncio.Event()
         self._parsed: Parsed = {}
+        self._room = asyncio.Event()
+        self._room.set()
 
     def wake(self, event_id: int, callback: ExotelCallback) -> None:
         """Apply what waits now, not at the next poll; `callback` is stored event
         `event_id`, parsed."""
         if len(self._parsed) < PARSED_KEPT:
             self._parsed[event_id] = callback
+            if len(self._parsed) >= BACKLOG_LIMIT:
+                self._room.clear()
         self._woken.set()
+
+    async def room(self) -> None:
+        """Return once fewer than BACKLOG_LIMIT callbacks stored here wait, or after
+        ROOM_WAIT_S."""
+        if not self._room.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ROOM_WAIT_S):
+                    await self._room.wait()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Apply what waits whenever woken, until `stopping` is set."""
@@ -90,17 +111,26 @@ class CallbackApplier:
                 self._woken.clear()
                 pause_s = POLL_INTERVAL_S
                 try:
-                    while await self.apply_pending() == BATCH and not stopping.is_set():
+                    while await self._apply_making_room() == BATCH and not stopping.is_set():
                         pass
                 except Exception:
                     log.exception("callback_apply_failed")
                     pause_s = ERROR_PAUSE_S
+                    # Nothing is applied before the pause: the endpoint need not wait.
+                    self._parsed.clear()
+                    self._room.set()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause_s):
                         await self._woken.wait()
         finally:
             stopper.cancel()
             await asyncio.gather(stopper, return_exceptions=True)
+
+    async def _apply_making_room(self) -> int:
+        processed = await self.apply_pending()
+        if len(self._parsed) < BACKLOG_LIMIT:
+            self._room.set()
+        return processed
 
     async def apply_pending(self) -> int:
         """Apply up to about BATCH waiting callbacks; return how many were processed."""

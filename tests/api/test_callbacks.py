@@ -7,7 +7,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
@@ -18,7 +18,13 @@ import respx
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.callbacks.applier import POLL_INTERVAL_S
+from app.callbacks import applier as applier_module
+from app.callbacks.applier import (
+    BACKLOG_LIMIT,
+    POLL_INTERVAL_S,
+    ROOM_WAIT_S,
+    CallbackApplier,
+)
 from app.callbacks.service import CallbackInbox, ReceivedCallback
 from app.calls.tokens import CallbackTokens
 from app.exotel.callbacks import parse_callback
@@ -183,8 +189,10 @@ async def test_a_callback_another_process_stored_is_applied_as_one_stored_here(
     [(_, url), (other, _)] = await place_calls(client, exotel, SID, OTHER_SID)
     other_body = json.dumps(callback(CallSid=OTHER_SID)).encode()
     parsed = await parse_callback(other_body, "application/json")
-    # As another replica stores it: nothing is handed to this process's applier.
-    elsewhere = CallbackInbox(app.state.pool, stored=lambda *_: None)
+    # As another replica stores it: handed to that replica's applier, not to this one's.
+    elsewhere = CallbackInbox(
+        app.state.pool, CallbackApplier(app.state.engine, details_after=timedelta(0))
+    )
 
     assert (await exotel_side.post(url, content=JSON_SAMPLE, headers=JSON)).status_code == 200
     await elsewhere.store(
@@ -200,6 +208,116 @@ async def test_a_callback_another_process_stored_is_applied_as_one_stored_here(
         k: v for k, v in there.items() if k not in ours
     }
     assert [e["applied"] for e in await call_events(client, OTHER_SID)] == [True]
+
+
+async def test_callbacks_arriving_together_are_stored_by_one_statement_each_answered_as_its_own(
+    app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter, monkeypatch: Any
+) -> None:
+    """Group commit: what arrives while a statement is in flight is stored by the next
+    one, and each callback still gets its own answer, and its own call its update."""
+    [(first, _), (second, _)] = await place_calls(client, exotel, SID, OTHER_SID)
+    checkouts = []
+    pool = app.state.pool
+    connection = pool.connection
+
+    def counted_connection() -> Any:
+        checkouts.append(1)
+        return connection()
+
+    monkeypatch.setattr(pool, "connection", counted_connection)
+    now = datetime.now(UTC)
+
+    async def received(call: dict[str, Any], **changes: Any) -> ReceivedCallback:
+        body = json.dumps(callback(**changes)).encode()
+        parsed = await parse_callback(body, "application/json")
+        return ReceivedCallback(uuid.UUID(call["id"]), parsed, body, "application/json", now)
+
+    batch = [
+        await received(first, CallSid=SID, Status="ringing", EventType="answered"),
+        await received(second, CallSid=OTHER_SID, Status="busy", ConversationDuration=0),
+        await received(first, CallSid=OTHER_SID),  # another call's Sid: 403
+        await received(first, CallSid=SID, Status="completed", ConversationDuration=41),
+        ReceivedCallback(uuid.UUID(first["id"]), None, b"not json", "application/json", now),
+    ]
+    inbox: CallbackInbox = app.state.callback_inbox
+
+    outcomes = await asyncio.gather(*(inbox.store(one) for one in batch), return_exceptions=True)
+
+    assert [getattr(outcome, "status", outcome) for outcome in outcomes] == [
+        None,
+        None,
+        403,
+        None,
+        None,
+    ]
+    # One statement stored the batch; the refusal looked its call up with one more.
+    assert len(checkouts) == 2
+    here, there = await read_call(client, SID), await read_call(client, OTHER_SID)
+    assert (here["status"], here["conversation_duration"]) == ("completed", 41)
+    assert (there["status"], there["conversation_duration"]) == ("busy", 0)
+    assert [e["applied"] for e in await call_events(client, SID)] == [True, True, False]
+    assert [e["applied"] for e in await call_events(client, OTHER_SID)] == [True]
+
+
+async def test_storing_waits_while_the_appliers_backlog_is_full(
+    app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter
+) -> None:
+    """Under a load the applier cannot keep up with, the endpoint waits for it rather than
+    let the lag grow: stored once the applier has made room."""
+    [(call, _)] = await place_calls(client, exotel, SID)
+    applier = CallbackApplier(app.state.engine, details_after=timedelta(0))
+    inbox = CallbackInbox(app.state.pool, applier)
+    body = json.dumps(callback(CallSid=SID, Status="completed")).encode()
+    parsed = await parse_callback(body, "application/json")
+    for not_stored in range(-BACKLOG_LIMIT, 0):
+        applier.wake(not_stored, parsed)
+
+    store = asyncio.create_task(
+        inbox.store(
+            ReceivedCallback(
+                uuid.UUID(call["id"]), parsed, body, "application/json", datetime.now(UTC)
+            )
+        )
+    )
+    await asyncio.sleep(ROOM_WAIT_S / 3)
+    waited = not store.done()
+    events_while_waiting = await call_events(client, SID)
+    stopping = asyncio.Event()
+    runner = asyncio.create_task(applier.run(stopping))
+    async with asyncio.timeout(ROOM_WAIT_S / 2):
+        await store
+    stopping.set()
+    await runner
+
+    assert waited
+    assert events_while_waiting == []
+    assert [e["applied"] for e in await call_events(client, SID)] == [True]
+
+
+async def test_storing_waits_for_the_applier_only_so_long(
+    app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter, monkeypatch: Any
+) -> None:
+    """An applier that cannot apply (its database refuses it, say) holds no callback back
+    for longer than ROOM_WAIT_S: storing matters more than the lag."""
+    monkeypatch.setattr(applier_module, "ROOM_WAIT_S", 0.2)
+    [(call, _)] = await place_calls(client, exotel, SID)
+    stalled = CallbackApplier(app.state.engine, details_after=timedelta(0))
+    inbox = CallbackInbox(app.state.pool, stalled)
+    body = json.dumps(callback(CallSid=SID, Status="completed")).encode()
+    parsed = await parse_callback(body, "application/json")
+    for not_stored in range(-BACKLOG_LIMIT, 0):
+        stalled.wake(not_stored, parsed)
+    started = asyncio.get_running_loop().time()
+
+    async with asyncio.timeout(2):
+        await inbox.store(
+            ReceivedCallback(
+                uuid.UUID(call["id"]), parsed, body, "application/json", datetime.now(UTC)
+            )
+        )
+
+    assert asyncio.get_running_loop().time() - started >= 0.2
+    assert [e["applied"] for e in await call_events(client, SID)] == [True]
 
 
 async def test_concurrent_duplicates_are_applied_exactly_once(
