@@ -259,26 +259,31 @@ async def test_callbacks_arriving_together_are_stored_by_one_statement_each_answ
     assert [e["applied"] for e in await call_events(client, OTHER_SID)] == [True]
 
 
+async def backlogged_inbox(
+    app: FastAPI, call: dict[str, Any]
+) -> tuple[CallbackInbox, CallbackApplier, ReceivedCallback]:
+    """An inbox whose applier (not running) has BACKLOG_LIMIT callbacks waiting, and a
+    terminal callback for `call` to store with it."""
+    applier = CallbackApplier(app.state.engine, details_after=timedelta(0))
+    body = json.dumps(callback(CallSid=SID, Status="completed")).encode()
+    parsed = await parse_callback(body, "application/json")
+    for not_stored in range(-BACKLOG_LIMIT, 0):
+        applier.wake(not_stored, parsed)
+    received = ReceivedCallback(
+        uuid.UUID(call["id"]), parsed, body, "application/json", datetime.now(UTC)
+    )
+    return CallbackInbox(app.state.pool, applier), applier, received
+
+
 async def test_storing_waits_while_the_appliers_backlog_is_full(
     app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter
 ) -> None:
     """Under a load the applier cannot keep up with, the endpoint waits for it rather than
     let the lag grow: stored once the applier has made room."""
     [(call, _)] = await place_calls(client, exotel, SID)
-    applier = CallbackApplier(app.state.engine, details_after=timedelta(0))
-    inbox = CallbackInbox(app.state.pool, applier)
-    body = json.dumps(callback(CallSid=SID, Status="completed")).encode()
-    parsed = await parse_callback(body, "application/json")
-    for not_stored in range(-BACKLOG_LIMIT, 0):
-        applier.wake(not_stored, parsed)
+    inbox, applier, received = await backlogged_inbox(app, call)
 
-    store = asyncio.create_task(
-        inbox.store(
-            ReceivedCallback(
-                uuid.UUID(call["id"]), parsed, body, "application/json", datetime.now(UTC)
-            )
-        )
-    )
+    store = asyncio.create_task(inbox.store(received))
     await asyncio.sleep(ROOM_WAIT_S / 3)
     waited = not store.done()
     events_while_waiting = await call_events(client, SID)
@@ -301,20 +306,11 @@ async def test_storing_waits_for_the_applier_only_so_long(
     for longer than ROOM_WAIT_S: storing matters more than the lag."""
     monkeypatch.setattr(applier_module, "ROOM_WAIT_S", 0.2)
     [(call, _)] = await place_calls(client, exotel, SID)
-    stalled = CallbackApplier(app.state.engine, details_after=timedelta(0))
-    inbox = CallbackInbox(app.state.pool, stalled)
-    body = json.dumps(callback(CallSid=SID, Status="completed")).encode()
-    parsed = await parse_callback(body, "application/json")
-    for not_stored in range(-BACKLOG_LIMIT, 0):
-        stalled.wake(not_stored, parsed)
+    inbox, _, received = await backlogged_inbox(app, call)
     started = asyncio.get_running_loop().time()
 
     async with asyncio.timeout(2):
-        await inbox.store(
-            ReceivedCallback(
-                uuid.UUID(call["id"]), parsed, body, "application/json", datetime.now(UTC)
-            )
-        )
+        await inbox.store(received)
 
     assert asyncio.get_running_loop().time() - started >= 0.2
     assert [e["applied"] for e in await call_events(client, SID)] == [True]
