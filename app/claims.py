@@ -28,7 +28,7 @@ import enum
 import functools
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -121,15 +121,35 @@ def unheld(kind: ClaimKind, id_column: ColumnElement[uuid.UUID]) -> ColumnElemen
 
 # How long closing waits for background claims and releases still under way.
 CLOSE_WAIT_S = 2.0
+# Background claims and releases go to Postgres together, in one statement: all that
+# queued while the last one was under way. A release waits up to this long for a claim
+# to ride with, so that at a steady rate of calls each statement takes one call's claim
+# and releases another's. Late releases are harmless: the work they covered is done.
+RELEASE_DELAY_S = 0.2
+# Claims `claim` (bigints) unless held elsewhere, and releases `release`; answers the
+# claims that another session holds.
+_CLAIM_AND_RELEASE = text(
+    """
+    SELECT (
+        SELECT coalesce(array_agg(key), '{}') FROM unnest(CAST(:claim AS bigint[])) AS key
+        WHERE NOT pg_try_advisory_lock(key)
+    ), (
+        SELECT count(*) FROM unnest(CAST(:release AS bigint[])) AS key
+        WHERE pg_advisory_unlock(key)
+    )
+    """
+)
 
 
 class SessionClaims:
     """This process's claims, held on one dedicated connection.
 
     The connection is used by one statement at a time (a lock guards it); each claim
-    and release is one short round trip. It is a plain psycopg connection (statements
-    compiled by the engine's dialect): a claim and a release are on the placing path,
-    where SQLAlchemy's async layer would cost more CPU than the statements.
+    and release is one short round trip, except those taken in the background
+    (`claim_soon`), which share one statement with the others queued meanwhile. It is a
+    plain psycopg connection (statements compiled by the engine's dialect): a claim and
+    a release are on the placing path, where SQLAlchemy's async layer would cost more
+    CPU than the statements.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -138,8 +158,12 @@ class SessionClaims:
         self._connection: psycopg.AsyncConnection[Any] | None = None
         self._started = False
         self._in_use = asyncio.Lock()
-        # Claims taken and released in the background (`claim_soon`), kept referenced.
-        self._background: set[asyncio.Task[None]] = set()
+        # Claims and releases queued in the background (`claim_soon`), by key; the task
+        # that sends them (kept referenced), and what wakes it from a release's delay.
+        self._to_claim: dict[int, tuple[ClaimKind, uuid.UUID]] = {}
+        self._to_release: set[int] = set()
+        self._sending: asyncio.Task[None] | None = None
+        self._claim_queued = asyncio.Event()
 
     async def start(self) -> None:
         self._connection = await self._connect()
@@ -151,10 +175,15 @@ class SessionClaims:
     async def close(self) -> None:
         """Release every claim (by ending the session) and the connection."""
         self._started = False
-        # Let background claims and releases finish (each is one short statement, or a
-        # failure at once) rather than cut them mid-statement or mid-connect.
-        if self._background:
-            _, unfinished = await asyncio.wait(set(self._background), timeout=CLOSE_WAIT_S)
+        # Ending the session releases every claim, and the work queued claims were for is
+        # over; a statement under way is let finish (it is short, or fails at once) rather
+        # than cut mid-statement or mid-connect.
+        self._to_claim.clear()
+        self._to_release.clear()
+        sending = self._sending
+        if sending is not None:
+            self._claim_queued.set()
+            _, unfinished = await asyncio.wait({sending}, timeout=CLOSE_WAIT_S)
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
@@ -182,7 +211,50 @@ class SessionClaims:
     def claim_soon(self, kind: ClaimKind, work_id: uuid.UUID) -> BackgroundClaim:
         """Claim in the background, without waiting: for work that stays safe if another
         process acts on it before the claim lands (or after it is lost)."""
-        return BackgroundClaim(self, kind, work_id)
+        key = claim_key(kind, work_id)
+        self._to_claim[key] = (kind, work_id)
+        self._claim_queued.set()
+        self._send_soon()
+        return BackgroundClaim(self, key)
+
+    def _release_soon(self, key: int) -> None:
+        if self._to_claim.pop(key, None) is not None:
+            return  # never sent, so never taken: nothing to release
+        self._to_release.add(key)
+        self._send_soon()
+
+    def _send_soon(self) -> None:
+        if self._sending is None:
+            self._sending = asyncio.get_running_loop().create_task(self._send_queued())
+
+    async def _send_queued(self) -> None:
+        """Send what is queued, one statement at a time, until nothing is."""
+        try:
+            while self._to_claim or self._to_release:
+                if not self._to_claim and self._started:
+                    self._claim_queued.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._claim_queued.wait(), RELEASE_DELAY_S)
+                claiming, self._to_claim = self._to_claim, {}
+                releasing, self._to_release = self._to_release, set()
+                try:
+                    taken = await self._execute(
+                        _CLAIM_AND_RELEASE, claim=list(claiming), release=list(releasing)
+                    )
+                except Exception as exc:
+                    log.warning(
+                        "claims_failed",
+                        claims=len(claiming),
+                        releases=len(releasing),
+                        error=type(exc).__name__,
+                    )
+                    continue
+                assert isinstance(taken, list)
+                for key in taken:
+                    kind, work_id = claiming[key]
+                    log.warning("claim_taken_elsewhere", kind=kind.value, id=str(work_id))
+        finally:
+            self._sending = None
 
     async def claim_first(
         self,
@@ -244,35 +316,12 @@ def _compiled_text(statement: TextClause, dialect: Dialect) -> str:
 class BackgroundClaim:
     """A claim taken and released in the background, in that order; never raises."""
 
-    def __init__(self, claims: SessionClaims, kind: ClaimKind, work_id: uuid.UUID) -> None:
+    def __init__(self, claims: SessionClaims, key: int) -> None:
         self._claims = claims
-        self._kind = kind
-        self._work_id = work_id
-        self._taken = self._spawn(self._take())
+        self._key = key
 
     def release(self) -> None:
-        self._spawn(self._release())
-
-    async def _take(self) -> None:
-        try:
-            if not await self._claims.try_claim(self._kind, self._work_id):
-                log.warning("claim_taken_elsewhere", kind=self._kind.value, id=str(self._work_id))
-        except Exception as exc:
-            log.warning("claim_failed", kind=self._kind.value, error=type(exc).__name__)
-
-    async def _release(self) -> None:
-        await self._taken
-        try:
-            await self._claims.release(self._kind, self._work_id)
-        except Exception as exc:
-            log.warning("claim_release_failed", kind=self._kind.value, error=type(exc).__name__)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work)
-        background = self._claims._background
-        background.add(task)
-        task.add_done_callback(background.discard)
-        return task
+        self._claims._release_soon(self._key)
 
 
 async def held(

@@ -189,7 +189,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
         app.state.sessions = sessions
         app.state.ops = OpsService(sessions, exports_fleet_gauges=settings.run_jobs)
-        app.state.call_limiter = client_limiter(pool, settings.calls_per_minute_per_client)
         app.state.tokens = CallbackTokens(callback_secret)
         app.state.notify_allowed_hosts = settings.notify_allowed_hosts
         exotel = await _exotel_client(app, settings, stack, engine, pool)
@@ -213,6 +212,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             exotel,
             app.state.tokens,
             claims,
+            client_limiter(settings.calls_per_minute_per_client),
             public_base_url=settings.public_base_url,
             default_caller_id=settings.exotel_caller_id,
             default_country=settings.default_country,

@@ -6,16 +6,26 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
+from pydantic import BaseModel
 
+from app.calls.schemas import CallCreate
 from app.errors import ProblemDetails
 
+# Schemas that operations refer to by `$ref` but that no route declares as a model: the
+# Problem of every error response, and the body of POST /calls, whose endpoint takes the
+# bare request (app/calls/router.py).
+_REFERRED_SCHEMAS: dict[str, type[BaseModel]] = {
+    "Problem": ProblemDetails,
+    "CallCreate": CallCreate,
+}
 
-def _add_problem_schema(document: dict[str, Any]) -> None:
-    """Error responses refer to the Problem schema by `$ref`; no route returns it as a model."""
-    schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+
+def _add_referred_schemas(document: dict[str, Any]) -> None:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    schemas.update(schema.pop("$defs", {}))
-    schemas["Problem"] = schema
+    for name, model in _REFERRED_SCHEMAS.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
 
 
 def _restore_response_examples(app: FastAPI, document: dict[str, Any]) -> None:
@@ -56,7 +66,7 @@ def install_openapi(app: FastAPI, *, extra_operations: dict[str, dict[str, Any]]
         if document is not completed:
             for path, operations in extra_operations.items():
                 document["paths"].setdefault(path, {}).update(operations)
-            _add_problem_schema(document)
+            _add_referred_schemas(document)
             _restore_response_examples(app, document)
             completed = document
         return document

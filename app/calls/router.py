@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, TypeAdapter, ValidationError
@@ -31,7 +32,6 @@ from app.calls.schemas import (
 from app.calls.service import CallFilters, CallService
 from app.errors import PROBLEM_CONTENT_TYPE, Problem, validation_problem
 from app.notify_targets import notify_url_refusal
-from app.ratelimit import LimitedWriter
 
 router = APIRouter(prefix="/calls", tags=["calls"])
 REF_MAX_LENGTH = 64
@@ -61,17 +61,74 @@ def _service(request: Request) -> CallService:
     return service
 
 
-async def _json_body(request: Request) -> None:
-    """Refuse a body not sent as JSON (415), before it is validated as one (422).
+# POST /calls takes the bare request too (see place_call); its body and header are
+# documented as FastAPI would (the CallCreate schema is added by app/openapi.py).
+_IDEMPOTENCY_KEY = TypeAdapter(Annotated[str, Field(min_length=1, max_length=255)])
+_PLACE_CALL_OPENAPI = {
+    "security": [{"HTTPBearer": []}],
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {
+                "anyOf": [_IDEMPOTENCY_KEY.json_schema(), {"type": "null"}],
+                "title": "Idempotency-Key",
+            },
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/CallCreate"},
+                "examples": PLACE_EXAMPLES,
+            }
+        },
+    },
+}
 
-    FastAPI reads a body as JSON only when its Content-Type says so; without one too,
-    the body could never be read. `async def` for the reason given in app/auth.py.
-    """
+
+def _require_json(request: Request) -> None:
+    """Refuse a body not sent as JSON (415), before it is validated as one (422)."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.partition(";")[0].strip().lower()
     main_type, _, subtype = media_type.partition("/")
     if main_type != "application" or not (subtype == "json" or subtype.endswith("+json")):
         raise Problem(415, "unsupported-media-type", "The body must be JSON (application/json)")
+
+
+def _place_request(body: bytes, idempotency_key: str | None) -> tuple[CallCreate, str | None]:
+    """The request and its Idempotency-Key, or every error in them (422), located as
+    FastAPI locates its own."""
+    errors: list[Any] = []
+    if idempotency_key is not None:
+        try:
+            _IDEMPOTENCY_KEY.validate_python(idempotency_key)
+        except ValidationError as exc:
+            errors += [
+                {**error, "loc": ("header", "Idempotency-Key", *error["loc"])}
+                for error in exc.errors()
+            ]
+    request = None
+    if not body:
+        errors.append({"type": "missing", "loc": ("body",), "msg": "Field required"})
+    else:
+        try:
+            parsed = json.loads(body)
+            if parsed is None:  # as FastAPI takes it: no body
+                errors.append({"type": "missing", "loc": ("body",), "msg": "Field required"})
+            else:
+                request = CallCreate.model_validate(parsed)
+        except json.JSONDecodeError as exc:
+            errors.append(
+                {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error"}
+            )
+        except ValidationError as exc:
+            errors += [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+    if errors or request is None:
+        raise RequestValidationError(errors)
+    return request, idempotency_key
 
 
 @router.post(
@@ -80,16 +137,18 @@ async def _json_body(request: Request) -> None:
     summary="Place a call: ring `from`, then bridge `to`",
     response_model=CallOut,
     responses=PLACE_RESPONSES,
+    openapi_extra=_PLACE_CALL_OPENAPI,
 )
-async def place_call(
-    body: Annotated[CallCreate, Body(openapi_examples=PLACE_EXAMPLES)],
-    request: Request,
-    client: LimitedWriter,
-    _: Annotated[None, Depends(_json_body)],
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
-) -> Response:
+async def place_call(request: Request) -> Response:
+    # As get_call: app.middleware.HotRoutes calls this with the bare request. It checks,
+    # in this order, the key (401, 403), the media type (415), the body and the header
+    # (422, all errors at once), then places the call; the client's limit (429) is
+    # taken by the statement that stores it, so a refused request costs no place.
+    client = authorize(request, "write")
+    _require_json(request)
+    body, idempotency_key = _place_request(
+        await request.body(), request.headers.get("idempotency-key")
+    )
     if body.notify_url is not None:
         allowed_hosts: frozenset[str] = request.app.state.notify_allowed_hosts
         refusal = notify_url_refusal(body.notify_url.host or "", allowed_hosts)

@@ -25,8 +25,9 @@ import phonenumbers
 import psycopg
 import structlog
 from psycopg.types.json import Jsonb
-from sqlalchemy import and_, select
-from sqlalchemy.engine import Row
+from sqlalchemy import String, and_, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import StreamingResponse
 
@@ -52,7 +53,9 @@ from app.exotel.client import (
     ExotelRefused,
 )
 from app.exotel.schemas import ExotelCall
-from app.metrics import record_status_change
+from app.limits.gcra import WAIT_S, ClientLimiter, reserving
+from app.metrics import RATE_LIMITED, record_status_change
+from app.ratelimit import rate_limited
 
 log = structlog.get_logger(__name__)
 
@@ -162,16 +165,33 @@ _NEW_CALL_COLUMNS = (
     "next_reconcile_at",
     *(name for name in CallCreate.model_fields if name not in ("from_", "to", "caller_id")),
 )
+_POSTGRES: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _typed_parameter(name: str) -> str:
+    """The parameter `name` cast to its column's type: in INSERT ... SELECT, Postgres
+    takes an untyped parameter (a NULL, a str) as text. Strings stay text, so that one
+    too long still fails, as in INSERT ... VALUES, rather than being cut by the cast."""
+    column_type = calls.c[name].type
+    sql_type = "text" if isinstance(column_type, String) else column_type.compile(_POSTGRES)
+    return f"CAST(%({name})s AS {sql_type})"
+
+
+# The client's place (app/limits/gcra.py), then the pending call and its legs, if the
+# place was granted: one statement, committed before Exotel is asked.
 _INSERT_CALL = f"""
-    WITH inserted AS (
+    WITH reserved AS ({reserving()}
+    ), inserted AS (
         INSERT INTO calls ({", ".join(_NEW_CALL_COLUMNS)})
-        VALUES ({", ".join(f"%({name})s" for name in _NEW_CALL_COLUMNS)})
+        SELECT {", ".join(map(_typed_parameter, _NEW_CALL_COLUMNS))}
+        WHERE EXISTS (SELECT FROM reserved)
         ON CONFLICT (api_client, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id
+    ), legs AS (
+        INSERT INTO call_legs (call_id, leg, number)
+        SELECT id, 0, %(leg_0)s FROM inserted UNION ALL SELECT id, 1, %(leg_1)s FROM inserted
     )
-    INSERT INTO call_legs (call_id, leg, number)
-    SELECT id, 0, %(leg_0)s FROM inserted UNION ALL SELECT id, 1, %(leg_1)s FROM inserted
-    RETURNING call_id
+    SELECT EXISTS (SELECT FROM reserved), EXISTS (SELECT FROM inserted), {WAIT_S}
 """  # noqa: S608 - built from our column names only
 
 
@@ -191,6 +211,7 @@ class CallService:
         exotel: ExotelClient,
         tokens: CallbackTokens,
         claims: SessionClaims,
+        client_limiter: ClientLimiter,
         *,
         public_base_url: str,
         default_caller_id: str | None,
@@ -205,6 +226,7 @@ class CallService:
         self._exotel = exotel
         self._tokens = tokens
         self._claims = claims
+        self._client_limiter = client_limiter
         self._public_base_url = public_base_url
         self._default_caller_id = default_caller_id
         self._default_country = default_country
@@ -239,7 +261,7 @@ class CallService:
         asking = False
         try:
             async with self._pool.connection() as conn:
-                inserted = await self._insert(conn, new)
+                inserted = await self._insert(conn, client, new)
             if not inserted:
                 # Another request with the same key got there first.
                 assert idempotency_key is not None
@@ -311,12 +333,21 @@ class CallService:
         }
         return NewCall(values, state)
 
-    @staticmethod
-    async def _insert(conn: psycopg.AsyncConnection[Any], new: NewCall) -> bool:
-        """Commit the pending call and its legs (1 round trip); False if the key is taken."""
+    async def _insert(
+        self, conn: psycopg.AsyncConnection[Any], client: ApiClient, new: NewCall
+    ) -> bool:
+        """Take the client's place and commit the pending call and its legs (1 round
+        trip); False if the key is taken, 429 if the client has no place."""
         legs = {f"leg_{leg.leg}": leg.number for leg in new.state.legs}
-        inserted = await (await conn.execute(_INSERT_CALL, {**new.values, **legs})).fetchone()
-        return inserted is not None
+        params = {**new.values, **legs, **self._client_limiter.params(client.name)}
+        row = await (await conn.execute(_INSERT_CALL, params)).fetchone()
+        assert row is not None
+        granted, inserted, wait_s = row
+        if not granted:
+            RATE_LIMITED.labels(client.name).inc()
+            limiter = self._client_limiter
+            raise rate_limited(limiter.per_minute, limiter.retry_after_s(wait_s))
+        return bool(inserted)
 
     async def _replay(
         self, conn: AsyncConnection, client: ApiClient, key: str, new: NewCall

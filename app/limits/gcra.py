@@ -33,33 +33,55 @@ class RateLimitBucket(Base):
     tat: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-# Reserve a place at most :max_wait ahead, or say how long until one is free. A new
-# bucket is empty, so its first request always goes. When the update is refused, the
-# second branch reads the row as the statement found it: the wait it gives is a hint.
-# clock_timestamp(), not now(): a statement that queued on the row lock must see the
-# time it got the lock, not the time its transaction began.
-_RESERVE = """
-    WITH reserved AS (
-        INSERT INTO rate_limit_buckets AS bucket (key, tat)
-        VALUES (%(key)s, clock_timestamp() + %(interval)s)
-        ON CONFLICT (key) DO UPDATE
-            SET tat = greatest(bucket.tat, clock_timestamp()) + %(interval)s
-            WHERE greatest(bucket.tat, clock_timestamp()) + %(interval)s - %(tolerance)s
-                  <= clock_timestamp() + %(max_wait)s
-        RETURNING bucket.tat
-    )
-    SELECT true AS granted,
-           extract(epoch FROM tat - %(tolerance)s - clock_timestamp())::float8 AS wait_s,
-           true AS sendable
-    FROM reserved
-    UNION ALL
-    SELECT false,
-           extract(epoch FROM greatest(tat, clock_timestamp()) + %(interval)s - %(tolerance)s
-                              - clock_timestamp())::float8,
-           true
-    FROM rate_limit_buckets
-    WHERE key = %(key)s AND NOT EXISTS (SELECT FROM reserved)
+def reserving(condition: str = "true") -> str:
+    """A statement that takes the next place in bucket %(bucket_key)s if it comes within
+    %(bucket_max_wait)s, and only if `condition` holds: returns the bucket's new `tat`, or
+    nothing. For a WITH clause, so that the reservation rides in a statement already on
+    the way (`Buckets.params` binds its parameters).
+
+    A new bucket is empty, so its first request always goes. clock_timestamp(), not now():
+    a statement that queued on the row lock must see the time it got the lock, not the
+    time its transaction began.
     """
+    return f"""
+        INSERT INTO rate_limit_buckets AS bucket (key, tat)
+        SELECT %(bucket_key)s, clock_timestamp() + %(bucket_interval)s WHERE {condition}
+        ON CONFLICT (key) DO UPDATE
+            SET tat = greatest(bucket.tat, clock_timestamp()) + %(bucket_interval)s
+            WHERE greatest(bucket.tat, clock_timestamp()) + %(bucket_interval)s
+                  - %(bucket_tolerance)s <= clock_timestamp() + %(bucket_max_wait)s
+        RETURNING bucket.tat
+    """  # noqa: S608 - `condition` is our own SQL
+
+
+# Seconds from now until the place reserved as `reserved` is ours or, if none was, until
+# one would be free. The bucket's row is read as the statement found it (its snapshot):
+# the wait a refusal gives is a hint. NULL if the bucket is newer than that snapshot.
+WAIT_S = """
+    extract(epoch FROM coalesce(
+        (SELECT tat FROM reserved),
+        (SELECT greatest(tat, clock_timestamp()) + %(bucket_interval)s FROM rate_limit_buckets
+         WHERE key = %(bucket_key)s)
+    ) - %(bucket_tolerance)s - clock_timestamp())::float8
+"""
+
+
+def bucket_params(
+    budget: Budget, key: str, priority: Priority, *, max_wait: timedelta = timedelta(0)
+) -> dict[str, object]:
+    """The parameters of `reserving` and `WAIT_S` for bucket `key`."""
+    return {
+        "bucket_key": key,
+        "bucket_interval": budget.interval,
+        "bucket_tolerance": budget.tolerance(priority),
+        "bucket_max_wait": max_wait,
+    }
+
+
+_RESERVE = f"""
+    WITH reserved AS ({reserving()})
+    SELECT EXISTS (SELECT FROM reserved) AS granted, {WAIT_S} AS wait_s, true AS sendable
+"""  # noqa: S608 - our own SQL only
 
 
 # The same, for a call's connect request, and only while the call is still pending: the
@@ -68,30 +90,18 @@ _RESERVE = """
 # trip). A process settling a call left pending by a dead one does so with a conditional
 # UPDATE on the same row, so exactly one of the two wins: either the call is failed as
 # never sent and no place is granted here, or the place is granted and the call is marked.
-_RESERVE_TO_SEND = """
+_RESERVE_TO_SEND = f"""
     WITH call AS (
         SELECT id FROM calls WHERE id = %(call_id)s AND status = 'pending' FOR UPDATE
-    ), reserved AS (
-        INSERT INTO rate_limit_buckets AS bucket (key, tat)
-        SELECT %(key)s, clock_timestamp() + %(interval)s WHERE EXISTS (SELECT FROM call)
-        ON CONFLICT (key) DO UPDATE
-            SET tat = greatest(bucket.tat, clock_timestamp()) + %(interval)s
-            WHERE greatest(bucket.tat, clock_timestamp()) + %(interval)s - %(tolerance)s
-                  <= clock_timestamp() + %(max_wait)s
-        RETURNING bucket.tat
+    ), reserved AS ({reserving("EXISTS (SELECT FROM call)")}
     ), marked AS (
         UPDATE calls SET connect_reserved_at = clock_timestamp()
         WHERE id IN (SELECT id FROM call) AND EXISTS (SELECT FROM reserved)
         RETURNING id
     )
-    SELECT EXISTS (SELECT FROM marked) AS granted,
-           extract(epoch FROM coalesce(
-               (SELECT tat FROM reserved),
-               (SELECT greatest(tat, clock_timestamp()) + %(interval)s FROM rate_limit_buckets
-                WHERE key = %(key)s)
-           ) - %(tolerance)s - clock_timestamp())::float8 AS wait_s,
+    SELECT EXISTS (SELECT FROM marked) AS granted, {WAIT_S} AS wait_s,
            EXISTS (SELECT FROM call) AS sendable
-    """
+"""  # noqa: S608 - our own SQL only
 
 
 @dataclass(frozen=True)
@@ -124,12 +134,7 @@ class Buckets:
     ) -> Reservation:
         """Take the next place in bucket `key` if it comes within `max_wait`; for the
         connect request of call `sending`, only while that call is pending."""
-        params: dict[str, object] = {
-            "key": key,
-            "interval": self.budget.interval,
-            "tolerance": self.budget.tolerance(priority),
-            "max_wait": max_wait,
-        }
+        params = bucket_params(self.budget, key, priority, max_wait=max_wait)
         statement = _RESERVE
         if sending is not None:
             statement, params["call_id"] = _RESERVE_TO_SEND, sending
@@ -182,20 +187,29 @@ class FleetLimiter:
 
 
 class ClientLimiter:
-    """A limit per key (an API client) that never waits: a place now, or when to retry."""
+    """A limit per key (an API client) that never waits: a place now, or when to retry.
 
-    def __init__(self, buckets: Buckets, prefix: str) -> None:
-        self._buckets = buckets
+    The place is taken by the statement that stores the call (app/calls/service.py), with
+    `reserving` and these `params`: no round trip of its own, and a request refused for
+    any other reason costs no place."""
+
+    def __init__(self, budget: Budget, prefix: str) -> None:
+        self._budget = budget
         self._prefix = prefix
 
     @property
     def per_minute(self) -> int:
-        return self._buckets.budget.limit
+        return self._budget.limit
 
-    async def try_acquire(self, name: str) -> int:
-        """Take a place now: 0 if there was one, else whole seconds until there is."""
-        reservation = await self._buckets.reserve(f"{self._prefix}:{name}", Priority.PLACING)
-        return 0 if reservation.granted else max(1, math.ceil(reservation.wait_s))
+    def params(self, name: str) -> dict[str, object]:
+        return bucket_params(self._budget, f"{self._prefix}:{name}", Priority.PLACING)
+
+    def retry_after_s(self, wait_s: float | None) -> int:
+        """Whole seconds until a refused client has a place (`WAIT_S`, NULL for a bucket
+        newer than the statement's snapshot)."""
+        if wait_s is None:
+            wait_s = self._budget.interval.total_seconds()
+        return max(1, math.ceil(wait_s))
 
 
 # How long placing a call may wait for a place under EXOTEL_REQUESTS_PER_MINUTE.
@@ -213,8 +227,6 @@ def exotel_limiter(pool: ConnectionPool, account_sid: str, per_minute: int) -> F
     return FleetLimiter(Buckets(pool, budget), f"exotel:{account_sid}", max_wait_s=MAX_QUEUE_S)
 
 
-def client_limiter(pool: ConnectionPool, per_minute: int) -> ClientLimiter:
+def client_limiter(per_minute: int) -> ClientLimiter:
     """The fleet's limit on POST /calls per API client."""
-    return ClientLimiter(
-        Buckets(pool, Budget.keeping(per_minute, send_slack=CLIENT_SLACK)), "calls"
-    )
+    return ClientLimiter(Budget.keeping(per_minute, send_slack=CLIENT_SLACK), "calls")

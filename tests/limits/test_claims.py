@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy import Uuid, func, literal, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import Executable
 
 from app.claims import (
+    RELEASE_DELAY_S,
     ClaimKind,
     ClaimsLost,
     ClaimTaken,
@@ -175,28 +177,82 @@ async def test_claim_first_takes_the_first_unheld_candidate_and_nothing_else(
         await rival.close()
 
 
+async def _until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+
+
+def _sent(claims: SessionClaims) -> Callable[[], Awaitable[bool]]:
+    """Whether nothing queued in the background is left to send."""
+
+    async def sent() -> bool:
+        return claims._sending is None
+
+    return sent
+
+
 async def test_a_background_claim_is_taken_then_released(
     engine: AsyncEngine, claims: SessionClaims
 ) -> None:
     call_id = uuid.uuid4()
     claim = claims.claim_soon(ClaimKind.PLACING, call_id)
-    claim.release()  # before the claim even landed: still taken first, then released
+    claim.release()  # before the claim even went out: neither is sent
 
     async def released() -> bool:
         async with engine.connect() as connection:
             return not await held(connection, ClaimKind.PLACING, [call_id])
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while claims._background or not await released():
-        assert loop.time() < deadline
-        await asyncio.sleep(0.01)
+    await _until(_sent(claims))
+    assert await released()
 
     holding = claims.claim_soon(ClaimKind.PLACING, call_id)
-    while not await claims.still_held(ClaimKind.PLACING, call_id):
-        assert loop.time() < deadline
-        await asyncio.sleep(0.01)
+    await _until(lambda: claims.still_held(ClaimKind.PLACING, call_id))
     holding.release()
+    await _until(released)
+
+
+async def test_background_claims_and_releases_go_together_in_few_statements(
+    engine: AsyncEngine, claims: SessionClaims, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements = 0
+    execute = claims._execute
+
+    async def counted(statement: Executable, **params: object) -> object:
+        nonlocal statements
+        statements += 1
+        return await execute(statement, **params)
+
+    monkeypatch.setattr(claims, "_execute", counted)
+
+    async def held_now(ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        async with engine.connect() as connection:
+            return await held(connection, ClaimKind.PLACING, ids)
+
+    sent = _sent(claims)
+    ids = [uuid.uuid4() for _ in range(50)]
+    taken = [claims.claim_soon(ClaimKind.PLACING, work_id) for work_id in ids]
+    await _until(sent)
+    assert await held_now(ids) == set(ids)
+    assert statements == 1
+
+    # A release waits for a claim to ride with: the next call's, here.
+    for claim in taken[:25]:
+        claim.release()
+    await asyncio.sleep(RELEASE_DELAY_S / 4)
+    later = uuid.uuid4()
+    claims.claim_soon(ClaimKind.PLACING, later)
+    await _until(sent)
+    assert await held_now([*ids, later]) == {*ids[25:], later}
+    assert statements == 2
+
+    # With no claim to ride with, releases go on their own, RELEASE_DELAY_S later.
+    for claim in taken[25:]:
+        claim.release()
+    await _until(sent, timeout_s=RELEASE_DELAY_S * 5)
+    assert await held_now(ids) == set()
+    assert statements == 3
 
 
 async def test_claims_come_back_after_their_session_was_lost(engine: AsyncEngine) -> None:

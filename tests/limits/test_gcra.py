@@ -30,7 +30,6 @@ from app.limits.gcra import (
     Buckets,
     FleetLimiter,
     RateLimitBucket,
-    client_limiter,
 )
 from tests.limits import hammer
 from tests.limits.conftest import SimulatedClock
@@ -149,16 +148,6 @@ async def test_a_caller_waits_a_few_seconds_at_most_then_hears_when_to_retry(
 
     assert placing.value.retry_after_s == 1
     assert background.value.retry_after_s == 1
-
-
-async def test_the_client_limit_is_one_bucket_per_client(
-    pool: ConnectionPool,
-) -> None:
-    limiter = client_limiter(pool, per_minute=20)  # a burst of 2, then one every ~3 s
-
-    assert [await limiter.try_acquire("orders") for _ in range(2)] == [0, 0]
-    assert 3 <= await limiter.try_acquire("orders") <= 4
-    assert await limiter.try_acquire("billing") == 0
 
 
 async def test_processes_sharing_one_bucket_keep_its_budget_together(database_url: str) -> None:

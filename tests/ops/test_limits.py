@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -54,10 +55,46 @@ async def test_a_client_over_its_calls_per_minute_gets_429_with_retry_after(
     limited = answers[2]
     assert limited.headers["content-type"] == PROBLEM
     assert limited.json()["type"].endswith("/rate-limited")
-    assert 1 <= int(limited.headers["retry-after"]) <= 30
+    assert 3 <= int(limited.headers["retry-after"]) <= 4
     assert exotel.routes[0].call_count == 3
     assert other_client.status_code == 201
     assert reads.status_code == 200
+    # The refused request stored nothing: two calls for orders, one for billing.
+    assert sorted(call["id"] for call in reads.json()["items"]) == sorted(
+        answer.json()["id"] for answer in [*answers[:2], other_client]
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ({"from": "+919876543210"}, {}),
+        ({"from": "+919876543210", "to": "not a number"}, {}),
+        (VALID, {"Idempotency-Key": "k" * 256}),
+        (VALID, {"Content-Type": "text/plain"}),
+    ],
+    ids=["missing-field", "bad-number", "long-key", "not-json"],
+)
+async def test_a_refused_request_costs_the_client_no_place(
+    app: FastAPI, exotel: respx.MockRouter, body: dict[str, str], headers: dict[str, str]
+) -> None:
+    placing(exotel)
+    transport = httpx.ASGITransport(app=app)
+    orders = {"Authorization": "Bearer orders-secret-0123456789abcdef0123456"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://cb.test") as http:
+        refused = [
+            await http.post(
+                "/calls",
+                content=json.dumps(body),
+                headers={"Content-Type": "application/json", **orders, **headers},
+            )
+            for _ in range(3)
+        ]
+        placed = [(await http.post("/calls", json=VALID, headers=orders)) for _ in range(2)]
+
+    assert {answer.status_code for answer in refused} <= {415, 422}
+    # The burst of 2 is still whole.
+    assert [answer.status_code for answer in placed] == [201, 201]
 
 
 async def test_replicas_share_each_clients_limit(
