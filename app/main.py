@@ -21,7 +21,7 @@ from app.callbacks.applier import running_applier
 from app.callbacks.router import CALLBACK_PATH, exotel_callback
 from app.callbacks.router import OPENAPI as CALLBACK_OPENAPI
 from app.callbacks.service import CallbackInbox
-from app.calls.router import get_call
+from app.calls.router import get_call, place_call
 from app.calls.router import router as calls_router
 from app.calls.service import CallService
 from app.calls.tokens import CallbackTokens
@@ -259,6 +259,7 @@ def create_app(settings: Settings | None = None, *, serves_http: bool = True) ->
         routes=[
             HotRoute("POST", CALLBACK_PATH, exotel_callback),
             HotRoute("GET", _route_path(calls_router, get_call), get_call),
+            HotRoute("POST", _route_path(calls_router, place_call), place_call),
         ],
     )
     app.add_middleware(BodyLimitsMiddleware, max_bytes=MAX_BODY_BYTES)

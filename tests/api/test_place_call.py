@@ -194,6 +194,49 @@ async def test_rejects_a_body_that_is_not_json(client: httpx.AsyncClient) -> Non
     assert response.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [(b"", "body"), (b"null", "body"), (b"[]", "body"), (b'{"from": 1', "10")],
+    ids=["empty", "null", "a-list", "cut-short"],
+)
+async def test_a_body_that_is_no_request_is_422_naming_where(
+    client: httpx.AsyncClient, exotel: respx.MockRouter, content: bytes, field: str
+) -> None:
+    route = exotel.post("/connect.json").respond(200, json=connect_answer(SID))
+
+    response = await client.post(
+        "/calls", content=content, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == [field]
+    assert route.call_count == 0
+
+
+async def test_errors_in_the_body_and_the_idempotency_key_are_told_together(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/calls", json={"from": VALID["from"]}, headers={"Idempotency-Key": ""}
+    )
+
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["Idempotency-Key", "to"]
+
+
+async def test_the_routes_beside_the_hot_one_are_still_fastapis(
+    client: httpx.AsyncClient,
+) -> None:
+    """POST /calls is answered in front of FastAPI's routing (app.middleware.HotRoutes):
+    its other methods and a trailing slash still reach FastAPI."""
+    not_allowed = await client.put("/calls", json=VALID)
+    assert not_allowed.status_code == 405
+    assert "POST" in not_allowed.headers["allow"]
+    redirected = await client.post("/calls/", json=VALID)
+    assert redirected.status_code == 307
+    assert redirected.headers["location"].endswith("/calls")
+
+
 async def test_local_number_forms_use_the_default_country(
     client: httpx.AsyncClient, exotel: respx.MockRouter
 ) -> None:
