@@ -113,6 +113,12 @@ def configure_logging(
             ],
         )
     )
+    # No line shows the caller's file, thread or process: the logging HOWTO's
+    # "Optimization" switches spare every record the stack walk and the lookups.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
