@@ -44,7 +44,7 @@ from app.embedded import EmbeddedPostgres
 from app.errors import install_error_handlers
 from app.exotel.client import ExotelClient, build_http_client
 from app.jobs.runner import running_jobs
-from app.limits.gcra import client_limiter, exotel_limiter
+from app.limits.gcra import FleetLimiter, client_limiter, exotel_limiter
 from app.logs import configure_logging
 from app.middleware import (
     MAX_BODY_BYTES,
@@ -105,7 +105,9 @@ async def _exotel_client(
     stack: AsyncExitStack,
     engine: AsyncEngine,
     pool: ConnectionPool,
-) -> ExotelClient:
+) -> tuple[ExotelClient, FleetLimiter]:
+    """The Exotel client, and the fleet's limiter on its requests (placing a call takes
+    its place through the limiter directly: app/calls/service.py)."""
     if settings.live:
         assert settings.exotel_account_sid is not None
         assert settings.exotel_api_key is not None
@@ -120,7 +122,8 @@ async def _exotel_client(
         limiter = exotel_limiter(
             pool, settings.exotel_account_sid, settings.exotel_requests_per_minute
         )
-        return ExotelClient(http, account_sid=settings.exotel_account_sid, limiter=limiter)
+        exotel = ExotelClient(http, account_sid=settings.exotel_account_sid, limiter=limiter)
+        return exotel, limiter
 
     from app.exotel.simulator import Simulator, SimulatorConfig
 
@@ -142,7 +145,7 @@ async def _exotel_client(
         simulator_url=settings.public_base_url + SIMULATOR_PREFIX,
     )
     limiter = exotel_limiter(pool, config.account_sid, settings.exotel_requests_per_minute)
-    return ExotelClient(http, account_sid=config.account_sid, limiter=limiter)
+    return ExotelClient(http, account_sid=config.account_sid, limiter=limiter), limiter
 
 
 def _secrets(settings: Settings) -> list[str]:
@@ -191,7 +194,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ops = OpsService(sessions, exports_fleet_gauges=settings.run_jobs)
         app.state.tokens = CallbackTokens(callback_secret)
         app.state.notify_allowed_hosts = settings.notify_allowed_hosts
-        exotel = await _exotel_client(app, settings, stack, engine, pool)
+        exotel, requests_to_exotel = await _exotel_client(app, settings, stack, engine, pool)
         # The applier's own connection: it never queues behind requests for one of theirs.
         applier_engine = create_engine(database_url, pool_size=1)
         stack.push_async_callback(applier_engine.dispose)
@@ -213,6 +216,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.tokens,
             claims,
             client_limiter(settings.calls_per_minute_per_client),
+            requests_to_exotel,
             public_base_url=settings.public_base_url,
             default_caller_id=settings.exotel_caller_id,
             default_country=settings.default_country,

@@ -98,6 +98,11 @@ def _require_json(request: Request) -> None:
         raise Problem(415, "unsupported-media-type", "The body must be JSON (application/json)")
 
 
+def _not_json(position: int | None = None) -> dict[str, Any]:
+    location = ("body",) if position is None else ("body", position)
+    return {"type": "json_invalid", "loc": location, "msg": "JSON decode error"}
+
+
 def _place_request(body: bytes, idempotency_key: str | None) -> tuple[CallCreate, str | None]:
     """The request and its Idempotency-Key, or every error in them (422), located as
     FastAPI locates its own."""
@@ -111,21 +116,21 @@ def _place_request(body: bytes, idempotency_key: str | None) -> tuple[CallCreate
                 for error in exc.errors()
             ]
     request = None
-    if not body:
-        errors.append({"type": "missing", "loc": ("body",), "msg": "Field required"})
+    try:
+        parsed = json.loads(body) if body else None
+    except json.JSONDecodeError as exc:
+        errors.append(_not_json(exc.pos))
+    except (ValueError, RecursionError):
+        # Not UTF-8, a number too long for Python, or nested too deep.
+        errors.append(_not_json())
     else:
-        try:
-            parsed = json.loads(body)
-            if parsed is None:  # as FastAPI takes it: no body
-                errors.append({"type": "missing", "loc": ("body",), "msg": "Field required"})
-            else:
+        if parsed is None:  # no body, or JSON's null: FastAPI takes both as none
+            errors.append({"type": "missing", "loc": ("body",), "msg": "Field required"})
+        else:
+            try:
                 request = CallCreate.model_validate(parsed)
-        except json.JSONDecodeError as exc:
-            errors.append(
-                {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error"}
-            )
-        except ValidationError as exc:
-            errors += [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            except ValidationError as exc:
+                errors += [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
     if errors or request is None:
         raise RequestValidationError(errors)
     return request, idempotency_key

@@ -53,7 +53,7 @@ from app.exotel.client import (
     ExotelRefused,
 )
 from app.exotel.schemas import ExotelCall
-from app.limits.gcra import WAIT_S, ClientLimiter, reserving
+from app.limits.gcra import ClientLimiter, FleetLimiter, Reservation, reserving, wait_s
 from app.metrics import RATE_LIMITED, record_status_change
 from app.ratelimit import rate_limited
 
@@ -177,21 +177,34 @@ def _typed_parameter(name: str) -> str:
     return f"CAST(%({name})s AS {sql_type})"
 
 
-# The client's place (app/limits/gcra.py), then the pending call and its legs, if the
-# place was granted: one statement, committed before Exotel is asked.
+# The client's place (app/limits/gcra.py), then, if it was granted, the connect request's
+# place under the Exotel limit and the pending call with its legs: one statement,
+# committed before Exotel is asked. The call is marked as possibly sent from now on
+# (connect_reserved_at) if and only if its place was granted, so that another process
+# finding it pending and unclaimed knows whether it may fail it as never sent
+# (app/jobs/reconciler.py). A request whose key is taken (a replay) takes no Exotel place.
 _INSERT_CALL = f"""
-    WITH reserved AS ({reserving()}
+    WITH client AS ({reserving("client")}
+    ), exotel AS ({
+    reserving(
+        "exotel",
+        "EXISTS (SELECT FROM client) AND NOT EXISTS (SELECT FROM calls"
+        " WHERE api_client = %(api_client)s AND idempotency_key = %(idempotency_key)s)",
+    )
+}
     ), inserted AS (
-        INSERT INTO calls ({", ".join(_NEW_CALL_COLUMNS)})
-        SELECT {", ".join(map(_typed_parameter, _NEW_CALL_COLUMNS))}
-        WHERE EXISTS (SELECT FROM reserved)
+        INSERT INTO calls ({", ".join(_NEW_CALL_COLUMNS)}, connect_reserved_at)
+        SELECT {", ".join(map(_typed_parameter, _NEW_CALL_COLUMNS))},
+               CASE WHEN EXISTS (SELECT FROM exotel) THEN clock_timestamp() END
+        WHERE EXISTS (SELECT FROM client)
         ON CONFLICT (api_client, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id
     ), legs AS (
         INSERT INTO call_legs (call_id, leg, number)
         SELECT id, 0, %(leg_0)s FROM inserted UNION ALL SELECT id, 1, %(leg_1)s FROM inserted
     )
-    SELECT EXISTS (SELECT FROM reserved), EXISTS (SELECT FROM inserted), {WAIT_S}
+    SELECT EXISTS (SELECT FROM client), {wait_s("client")}, EXISTS (SELECT FROM inserted),
+           EXISTS (SELECT FROM exotel), {wait_s("exotel")}
 """  # noqa: S608 - built from our column names only
 
 
@@ -212,6 +225,7 @@ class CallService:
         tokens: CallbackTokens,
         claims: SessionClaims,
         client_limiter: ClientLimiter,
+        exotel_limiter: FleetLimiter,
         *,
         public_base_url: str,
         default_caller_id: str | None,
@@ -227,6 +241,7 @@ class CallService:
         self._tokens = tokens
         self._claims = claims
         self._client_limiter = client_limiter
+        self._exotel_limiter = exotel_limiter
         self._public_base_url = public_base_url
         self._default_caller_id = default_caller_id
         self._default_country = default_country
@@ -254,30 +269,32 @@ class CallService:
         # Claimed on this process's claims session, in the background: the claim's round
         # trip runs beside the insert's, so placing waits for no extra round trip. Safety
         # does not rest on the claim (a process that finds the call unclaimed may fail it
-        # only while its connect request surely was not sent: see `_ask_exotel`); the
+        # only if it was stored without a place to be sent: see `_INSERT_CALL`); the
         # claim only tells live work from a dead process's, so that the latter is
         # settled within seconds.
         claim = self._claims.claim_soon(ClaimKind.PLACING, new.state.id)
         asking = False
         try:
             async with self._pool.connection() as conn:
-                inserted = await self._insert(conn, client, new)
-            if not inserted:
+                place = await self._insert(conn, client, new)
+            if place is None:
                 # Another request with the same key got there first.
                 assert idempotency_key is not None
                 async with self._autocommit.connect() as replaying:
                     return await self._replay(replaying, client, idempotency_key, new), True
             asking = True
             # Shielded: a client that hangs up must not stop us recording Exotel's answer.
-            return await asyncio.shield(self._ask_exotel_claimed(new, claim)), False
+            return await asyncio.shield(self._ask_exotel_claimed(new, place, claim)), False
         finally:
             if not asking:
                 # Nothing will be sent: unclaimed, the call is failed by the reconciler.
                 claim.release()
 
-    async def _ask_exotel_claimed(self, new: NewCall, claim: BackgroundClaim) -> Answer:
+    async def _ask_exotel_claimed(
+        self, new: NewCall, place: Reservation, claim: BackgroundClaim
+    ) -> Answer:
         try:
-            return await self._ask_exotel(new)
+            return await self._ask_exotel(new, place)
         finally:
             claim.release()
 
@@ -335,19 +352,28 @@ class CallService:
 
     async def _insert(
         self, conn: psycopg.AsyncConnection[Any], client: ApiClient, new: NewCall
-    ) -> bool:
-        """Take the client's place and commit the pending call and its legs (1 round
-        trip); False if the key is taken, 429 if the client has no place."""
+    ) -> Reservation | None:
+        """Take the client's place and commit the pending call and its legs, with its
+        connect request's place (1 round trip): that place, None if the key is taken, 429
+        if the client has no place."""
         legs = {f"leg_{leg.leg}": leg.number for leg in new.state.legs}
-        params = {**new.values, **legs, **self._client_limiter.params(client.name)}
+        params = {
+            **new.values,
+            **legs,
+            **self._client_limiter.params(client.name),
+            **self._exotel_limiter.placing_params(),
+        }
         row = await (await conn.execute(_INSERT_CALL, params)).fetchone()
         assert row is not None
-        granted, inserted, wait_s = row
-        if not granted:
+        client_granted, client_wait_s, inserted, exotel_granted, exotel_wait_s = row
+        if not client_granted:
             RATE_LIMITED.labels(client.name).inc()
             limiter = self._client_limiter
-            raise rate_limited(limiter.per_minute, limiter.retry_after_s(wait_s))
-        return bool(inserted)
+            raise rate_limited(limiter.per_minute, limiter.retry_after_s(client_wait_s))
+        if not inserted:
+            return None
+        # NULL: the Exotel bucket is newer than the statement's snapshot, and was full.
+        return Reservation(exotel_granted, 0.0 if exotel_wait_s is None else exotel_wait_s)
 
     async def _replay(
         self, conn: AsyncConnection, client: ApiClient, key: str, new: NewCall
@@ -380,7 +406,7 @@ class CallService:
             return Answer(201, self.resource(call), {"Location": call_location(call)})
         return self._unknown_answer(call)
 
-    async def _ask_exotel(self, new: NewCall) -> Answer:
+    async def _ask_exotel(self, new: NewCall, place: Reservation) -> Answer:
         values = new.values
         request = ConnectRequest(
             from_number=values["from_number"],
@@ -402,10 +428,7 @@ class CallService:
         )
         pending = new.state
         try:
-            # The limiter marks the call as possibly sent (connect_reserved_at) in the
-            # statement that reserves its place, or refuses (ExotelNotSent) if another
-            # process already failed it as never sent: knowing "sent" costs no round trip.
-            exotel_call = await self._exotel.connect(request, call_id=new.state.id)
+            exotel_call = await self._exotel.connect(request, self._exotel_limiter.placing(place))
         except ExotelError as exc:
             if isinstance(exc, ExotelOutcomeUnknown):
                 if_not_stored = self._unknown_answer(pending)

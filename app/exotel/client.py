@@ -14,8 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +34,7 @@ from app.exotel.schemas import (
     ExotelErrorEnvelope,
     ExotelRestException,
 )
-from app.limits.budget import CallSettled, LimitReached, Priority, RequestLimiter
+from app.limits.budget import LimitReached, Priority, RequestLimiter
 from app.metrics import EXOTEL_REQUEST_DURATION, EXOTEL_REQUESTS
 
 log = structlog.get_logger(__name__)
@@ -80,11 +79,6 @@ class ExotelRateLimited(ExotelError):
 
 class ExotelUnavailable(ExotelError):
     """Exotel answered 5xx, or could not be reached at all: nothing was placed."""
-
-
-class ExotelNotSent(ExotelError):
-    """The call was settled by another process before its connect request could leave
-    (as never sent, its process presumed dead): nothing was sent, and nothing may be."""
 
 
 class ExotelOutcomeUnknown(ExotelError):
@@ -207,15 +201,14 @@ class ExotelClient:
         self._calls_path = f"/v1/Accounts/{account_sid}/Calls"
         self._limiter = limiter
 
-    async def connect(
-        self, request: ConnectRequest, *, call_id: uuid.UUID | None = None
-    ) -> ExotelCall:
+    async def connect(self, request: ConnectRequest, place: Awaitable[None]) -> ExotelCall:
         """Ask Exotel to ring From, then To. Never retried once the request has left.
 
-        `call_id`: our pending call; the limiter marks it as possibly sent when it grants
-        the place, or raises ExotelNotSent if the call was settled meanwhile."""
+        `place`: the request's place under EXOTEL_REQUESTS_PER_MINUTE, reserved by the
+        statement that stored the call (`FleetLimiter.placing`): it waits until the place
+        is ours, or raises LimitReached."""
         response = await self._send(
-            "connect", "POST", "/connect.json", data=request.form(), sending=call_id
+            "connect", "POST", "/connect.json", data=request.form(), place=place
         )
         try:
             return ExotelCallEnvelope.model_validate_json(response.content).call
@@ -381,10 +374,12 @@ class ExotelClient:
         *,
         data: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
-        sending: uuid.UUID | None = None,
+        place: Awaitable[None] | None = None,
     ) -> httpx.Response:
         url = path if path.startswith("/v1/") else self._calls_path + path
-        await self._wait_for_rate_limit(operation, sending)
+        await self._wait_for_rate_limit(
+            operation, place or self._limiter.acquire(Priority.BACKGROUND)
+        )
         started = time.perf_counter()
         try:
             response = await self._http.request(method, url, data=data, params=params)
@@ -403,19 +398,16 @@ class ExotelClient:
             raise self._error(response)
         return response
 
-    async def _wait_for_rate_limit(self, operation: str, sending: uuid.UUID | None) -> None:
+    async def _wait_for_rate_limit(self, operation: str, place: Awaitable[None]) -> None:
         """Wait for a place under EXOTEL_REQUESTS_PER_MINUTE, shared by the whole fleet.
 
-        Placing a call goes first; lookups take only places that placing leaves spare.
-        The limiter waits only a few seconds: a burst larger than the budget would
-        otherwise queue for minutes while its callers wait.
+        Placing a call goes first: its place comes reserved (`connect`); lookups take
+        only places that placing leaves spare. The limiter waits only a few seconds: a
+        burst larger than the budget would otherwise queue for minutes while its
+        callers wait.
         """
-        priority = Priority.PLACING if operation == "connect" else Priority.BACKGROUND
         try:
-            await self._limiter.acquire(priority, sending=sending)
-        except CallSettled:
-            self._record(operation, "settled_elsewhere", time.perf_counter())
-            raise ExotelNotSent("The call was settled elsewhere before it was sent") from None
+            await place
         except LimitReached as refused:
             self._record(operation, "throttled", time.perf_counter())
             raise ExotelRateLimited(

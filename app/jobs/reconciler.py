@@ -17,15 +17,15 @@ stores the call:
   Idempotency-Key released so that a retry may place it.
 - `pending`: a few seconds (CLAIM_GRACE) after creation, if no live process claims it
   (app/claims.py): the process placing it died. If its connect request surely never
-  left (no place was reserved for it under the Exotel limit: `connect_reserved_at` is
-  NULL), it is failed at once and its Idempotency-Key released; that conditional UPDATE
-  and the limiter's reservation lock the same row, so a live but slow process can never
-  send a call failed here (app/limits/gcra.py). If it may have left, it becomes
-  `unknown` and is searched for by its numbers, as above.
-  Why a mark, and why there: "sent" cannot be inferred from the claim alone (between
-  the insert and the request the limiter may hold a call for seconds), and a separate
-  write would cost placing a round trip; the reservation is one statement placing makes
-  anyway, so the mark rides on it for free.
+  left, it is failed at once and its Idempotency-Key released; if it may have left, it
+  becomes `unknown` and is searched for by its numbers, as above. Which one is told by
+  `connect_reserved_at`: the statement that stores a call also reserves its connect
+  request's place under the Exotel limit, and marks the call if and only if it got one
+  (app/calls/service.py). A call is sent only with that place, so an unmarked call is
+  never sent, by a live but slow process either.
+  Why a mark, and why there: "sent" cannot be inferred from the claim alone, and a
+  separate write would cost placing a round trip; the insert is a statement placing
+  makes anyway, so the mark rides on it for free.
 
 What Exotel answers is stored as a `reconcile` event and applied through
 `apply_update`, under the same rules as callbacks. A look that does not settle
@@ -347,19 +347,12 @@ class Reconciler:
         """Fail a call its dead process never sent, and release its key (see the module
         docstring for why no live process can send it after this)."""
         async with self._sessions() as session, session.begin():
-            reserved = await session.execute(
-                select(Call.connect_reserved_at)
-                .where(Call.id == due.id, Call.status == "pending")
-                .with_for_update()
+            still_pending = await session.execute(
+                select(Call.id).where(Call.id == due.id, Call.status == "pending").with_for_update()
             )
-            row = reserved.one_or_none()
-            if row is None:
+            if still_pending.one_or_none() is None:
                 # Its process recorded Exotel's answer after all, and scheduled the call.
                 return "settled_meanwhile"
-            if row.connect_reserved_at is not None:
-                # Reserved since the claim: it may have left; look for it next run.
-                await _schedule(session, due.id, datetime.now(UTC))
-                return "maybe_sent"
             call = await _lock(session, due.id)
             record = {"ConnectReserved": False}
             await self._fail_unplaced(session, call, NEVER_SENT, "never_sent", record)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import math
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -39,21 +38,12 @@ class LimitReached(Exception):
         self.retry_after_s = retry_after_s
 
 
-class CallSettled(Exception):
-    """The call whose connect request asked for a place is no longer pending: another
-    process settled it as never sent, so it must not be sent now."""
-
-
 class RequestLimiter(Protocol):
-    """What the Exotel client needs: a place for one request, or LimitReached.
+    """What the Exotel client needs for a lookup: a place for one request, or LimitReached.
+    A connect request's place is taken by the statement that stores its call
+    (`FleetLimiter.placing`, app/calls/service.py), and given to the client with it."""
 
-    `sending`: the call whose connect request this is. The limiter records, with the
-    place, that the request may now leave (`calls.connect_reserved_at`), or raises
-    CallSettled if the call is no longer pending: this is what lets another process
-    tell a call surely never sent from one that may have been (app/jobs/reconciler.py).
-    """
-
-    async def acquire(self, priority: Priority, *, sending: uuid.UUID | None = None) -> None: ...
+    async def acquire(self, priority: Priority) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,15 @@
 
 Every process reserves places on the same row, with the database's clock, so the
 fleet as a whole keeps the budget however many processes it has. A reservation is one
-statement (one round trip, one row lock held for microseconds): at full Exotel rate
-that is about three writes a second.
+statement (one round trip, one row lock held for microseconds), or a part of one
+(`reserving`: placing a call takes its places in the statement that stores it): at
+full Exotel rate that is about three writes a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,7 +18,7 @@ from sqlalchemy import DateTime, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, ConnectionPool
-from app.limits.budget import Budget, CallSettled, LimitReached, Priority
+from app.limits.budget import Budget, LimitReached, Priority
 
 # A refusal's wait is a hint read from the statement's snapshot; never poll faster than this.
 MIN_POLL_S = 0.01
@@ -33,11 +33,11 @@ class RateLimitBucket(Base):
     tat: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-def reserving(condition: str = "true") -> str:
-    """A statement that takes the next place in bucket %(bucket_key)s if it comes within
-    %(bucket_max_wait)s, and only if `condition` holds: returns the bucket's new `tat`, or
-    nothing. For a WITH clause, so that the reservation rides in a statement already on
-    the way (`Buckets.params` binds its parameters).
+def reserving(bucket: str, condition: str = "true") -> str:
+    """A statement that takes the next place in `bucket` if it comes within its max_wait,
+    and only if `condition` holds: returns the bucket's new `tat`, or nothing. For a
+    WITH clause named `bucket`, so that a reservation rides in a statement already on
+    the way; `bucket_params` binds its parameters, named after it.
 
     A new bucket is empty, so its first request always goes. clock_timestamp(), not now():
     a statement that queued on the row lock must see the time it got the lock, not the
@@ -45,62 +45,49 @@ def reserving(condition: str = "true") -> str:
     """
     return f"""
         INSERT INTO rate_limit_buckets AS bucket (key, tat)
-        SELECT %(bucket_key)s, clock_timestamp() + %(bucket_interval)s WHERE {condition}
+        SELECT %({bucket}_key)s, clock_timestamp() + %({bucket}_interval)s WHERE {condition}
         ON CONFLICT (key) DO UPDATE
-            SET tat = greatest(bucket.tat, clock_timestamp()) + %(bucket_interval)s
-            WHERE greatest(bucket.tat, clock_timestamp()) + %(bucket_interval)s
-                  - %(bucket_tolerance)s <= clock_timestamp() + %(bucket_max_wait)s
+            SET tat = greatest(bucket.tat, clock_timestamp()) + %({bucket}_interval)s
+            WHERE greatest(bucket.tat, clock_timestamp()) + %({bucket}_interval)s
+                  - %({bucket}_tolerance)s <= clock_timestamp() + %({bucket}_max_wait)s
         RETURNING bucket.tat
     """  # noqa: S608 - `condition` is our own SQL
 
 
-# Seconds from now until the place reserved as `reserved` is ours or, if none was, until
-# one would be free. The bucket's row is read as the statement found it (its snapshot):
-# the wait a refusal gives is a hint. NULL if the bucket is newer than that snapshot.
-WAIT_S = """
-    extract(epoch FROM coalesce(
-        (SELECT tat FROM reserved),
-        (SELECT greatest(tat, clock_timestamp()) + %(bucket_interval)s FROM rate_limit_buckets
-         WHERE key = %(bucket_key)s)
-    ) - %(bucket_tolerance)s - clock_timestamp())::float8
-"""
+def wait_s(bucket: str) -> str:
+    """Seconds from now until the place `reserving(bucket)` took is ours or, if it took
+    none, until one would be free. The bucket's row is read as the statement found it
+    (its snapshot): the wait a refusal gives is a hint. NULL if the bucket is newer than
+    that snapshot."""
+    return f"""
+        extract(epoch FROM coalesce(
+            (SELECT tat FROM {bucket}),
+            (SELECT greatest(tat, clock_timestamp()) + %({bucket}_interval)s
+             FROM rate_limit_buckets WHERE key = %({bucket}_key)s)
+        ) - %({bucket}_tolerance)s - clock_timestamp())::float8
+    """  # noqa: S608 - our own SQL only
 
 
 def bucket_params(
-    budget: Budget, key: str, priority: Priority, *, max_wait: timedelta = timedelta(0)
+    bucket: str,
+    budget: Budget,
+    key: str,
+    priority: Priority,
+    *,
+    max_wait: timedelta = timedelta(0),
 ) -> dict[str, object]:
-    """The parameters of `reserving` and `WAIT_S` for bucket `key`."""
+    """The parameters of `reserving(bucket)` and `wait_s(bucket)`, for bucket row `key`."""
     return {
-        "bucket_key": key,
-        "bucket_interval": budget.interval,
-        "bucket_tolerance": budget.tolerance(priority),
-        "bucket_max_wait": max_wait,
+        f"{bucket}_key": key,
+        f"{bucket}_interval": budget.interval,
+        f"{bucket}_tolerance": budget.tolerance(priority),
+        f"{bucket}_max_wait": max_wait,
     }
 
 
 _RESERVE = f"""
-    WITH reserved AS ({reserving()})
-    SELECT EXISTS (SELECT FROM reserved) AS granted, {WAIT_S} AS wait_s, true AS sendable
-"""  # noqa: S608 - our own SQL only
-
-
-# The same, for a call's connect request, and only while the call is still pending: the
-# call row is locked, the place reserved, and the call marked as possibly sent from now
-# on, all in the one statement that was already on the placing path (no extra round
-# trip). A process settling a call left pending by a dead one does so with a conditional
-# UPDATE on the same row, so exactly one of the two wins: either the call is failed as
-# never sent and no place is granted here, or the place is granted and the call is marked.
-_RESERVE_TO_SEND = f"""
-    WITH call AS (
-        SELECT id FROM calls WHERE id = %(call_id)s AND status = 'pending' FOR UPDATE
-    ), reserved AS ({reserving("EXISTS (SELECT FROM call)")}
-    ), marked AS (
-        UPDATE calls SET connect_reserved_at = clock_timestamp()
-        WHERE id IN (SELECT id FROM call) AND EXISTS (SELECT FROM reserved)
-        RETURNING id
-    )
-    SELECT EXISTS (SELECT FROM marked) AS granted, {WAIT_S} AS wait_s,
-           EXISTS (SELECT FROM call) AS sendable
+    WITH reserved AS ({reserving("reserved")})
+    SELECT EXISTS (SELECT FROM reserved) AS granted, {wait_s("reserved")} AS wait_s
 """  # noqa: S608 - our own SQL only
 
 
@@ -111,8 +98,6 @@ class Reservation:
 
     granted: bool
     wait_s: float
-    # False: the call being sent is no longer pending (nothing was reserved).
-    sendable: bool = True
 
 
 class Buckets:
@@ -125,30 +110,18 @@ class Buckets:
         self.budget = budget
 
     async def reserve(
-        self,
-        key: str,
-        priority: Priority,
-        *,
-        max_wait: timedelta = timedelta(0),
-        sending: uuid.UUID | None = None,
+        self, key: str, priority: Priority, *, max_wait: timedelta = timedelta(0)
     ) -> Reservation:
-        """Take the next place in bucket `key` if it comes within `max_wait`; for the
-        connect request of call `sending`, only while that call is pending."""
-        params = bucket_params(self.budget, key, priority, max_wait=max_wait)
-        statement = _RESERVE
-        if sending is not None:
-            statement, params["call_id"] = _RESERVE_TO_SEND, sending
+        """Take the next place in bucket `key` if it comes within `max_wait`."""
+        params = bucket_params("reserved", self.budget, key, priority, max_wait=max_wait)
         async with self._pool.connection() as connection:
-            row = await (await connection.execute(statement, params)).fetchone()
-        if row is None or row[1] is None:
+            row = await (await connection.execute(_RESERVE, params)).fetchone()
+        assert row is not None
+        granted, wait_s = row
+        if wait_s is None:
             # The bucket was created after this statement's snapshot: try again soon.
-            return Reservation(
-                granted=False,
-                wait_s=self.budget.interval.total_seconds(),
-                sendable=row is None or row[2],
-            )
-        granted, wait_s, sendable = row
-        return Reservation(granted=granted, wait_s=wait_s, sendable=sendable)
+            return Reservation(granted=False, wait_s=self.budget.interval.total_seconds())
+        return Reservation(granted=granted, wait_s=wait_s)
 
 
 class FleetLimiter:
@@ -166,32 +139,48 @@ class FleetLimiter:
         self._key = key
         self._max_wait_s = max_wait_s
 
-    async def acquire(self, priority: Priority, *, sending: uuid.UUID | None = None) -> None:
+    async def acquire(self, priority: Priority) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_wait_s
         while True:
             left_s = max(0.0, deadline - loop.time())
             may_queue = timedelta(seconds=left_s if priority is Priority.PLACING else 0)
-            reservation = await self._buckets.reserve(
-                self._key, priority, max_wait=may_queue, sending=sending
-            )
-            if not reservation.sendable:
-                raise CallSettled(f"call {sending} is no longer pending")
+            reservation = await self._buckets.reserve(self._key, priority, max_wait=may_queue)
+            if priority is Priority.PLACING:
+                return await self.placing(reservation)
             if reservation.granted:
-                if reservation.wait_s > 0:
-                    await asyncio.sleep(reservation.wait_s)
-                return
-            if priority is Priority.PLACING or reservation.wait_s > left_s:
+                return None
+            if reservation.wait_s > left_s:
                 raise LimitReached(retry_after_s=max(1, math.ceil(reservation.wait_s - left_s)))
             await asyncio.sleep(max(reservation.wait_s, MIN_POLL_S))
+
+    def placing_params(self) -> dict[str, object]:
+        """The parameters of `reserving("exotel")`: a place for a connect request, queued
+        for at most `max_wait_s`."""
+        return bucket_params(
+            "exotel",
+            self._buckets.budget,
+            self._key,
+            Priority.PLACING,
+            max_wait=timedelta(seconds=self._max_wait_s),
+        )
+
+    async def placing(self, reservation: Reservation) -> None:
+        """Wait for a connect request's place (sleep until it is ours), or LimitReached
+        if none came within `max_wait_s`."""
+        if not reservation.granted:
+            wait_beyond_s = reservation.wait_s - self._max_wait_s
+            raise LimitReached(retry_after_s=max(1, math.ceil(wait_beyond_s)))
+        if reservation.wait_s > 0:
+            await asyncio.sleep(reservation.wait_s)
 
 
 class ClientLimiter:
     """A limit per key (an API client) that never waits: a place now, or when to retry.
 
     The place is taken by the statement that stores the call (app/calls/service.py), with
-    `reserving` and these `params`: no round trip of its own, and a request refused for
-    any other reason costs no place."""
+    `reserving("client")` and these `params`: no round trip of its own, and a request
+    refused for any other reason costs no place."""
 
     def __init__(self, budget: Budget, prefix: str) -> None:
         self._budget = budget
@@ -202,10 +191,10 @@ class ClientLimiter:
         return self._budget.limit
 
     def params(self, name: str) -> dict[str, object]:
-        return bucket_params(self._budget, f"{self._prefix}:{name}", Priority.PLACING)
+        return bucket_params("client", self._budget, f"{self._prefix}:{name}", Priority.PLACING)
 
     def retry_after_s(self, wait_s: float | None) -> int:
-        """Whole seconds until a refused client has a place (`WAIT_S`, NULL for a bucket
+        """Whole seconds until a refused client has a place (`wait_s`, NULL for a bucket
         newer than the statement's snapshot)."""
         if wait_s is None:
             wait_s = self._budget.interval.total_seconds()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import respx
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from tests.conftest import EXOTEL_ACCOUNT, READER_KEY
 from tests.exotel_samples import connect_answer, rest_exception
@@ -196,8 +197,16 @@ async def test_rejects_a_body_that_is_not_json(client: httpx.AsyncClient) -> Non
 
 @pytest.mark.parametrize(
     ("content", "field"),
-    [(b"", "body"), (b"null", "body"), (b"[]", "body"), (b'{"from": 1', "10")],
-    ids=["empty", "null", "a-list", "cut-short"],
+    [
+        (b"", "body"),
+        (b"null", "body"),
+        (b"[]", "body"),
+        (b'{"from": 1', "10"),
+        (b"\xff", "body"),
+        (b"[" * 20_000 + b"]" * 20_000, "body"),
+        (b'{"time_limit": ' + b"9" * 5_000 + b"}", "body"),
+    ],
+    ids=["empty", "null", "a-list", "cut-short", "not-utf-8", "too-deep", "too-long-a-number"],
 )
 async def test_a_body_that_is_no_request_is_422_naming_where(
     client: httpx.AsyncClient, exotel: respx.MockRouter, content: bytes, field: str
@@ -305,6 +314,40 @@ async def test_exotel_rate_limit_answers_503_with_retry_after(
     assert response.headers["retry-after"] == "30"
     stored = (await stored_calls(client))[0]
     assert stored["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+
+
+async def connect_reserved_at(app: FastAPI, call_id: str) -> datetime | None:
+    async with app.state.engine.connect() as conn:
+        found: datetime | None = await conn.scalar(
+            text("SELECT connect_reserved_at FROM calls WHERE id = :id"), {"id": call_id}
+        )
+        return found
+
+
+async def test_a_call_is_stored_with_its_place_under_the_exotel_limit_or_not_sent(
+    app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter
+) -> None:
+    route = exotel.post("/connect.json").respond(200, json=connect_answer(SID))
+
+    placed = await client.post("/calls", json=VALID)
+    # The fleet's Exotel bucket, full for the next hour.
+    async with app.state.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE rate_limit_buckets SET tat = now() + interval '1 hour' WHERE key = :key"),
+            {"key": f"exotel:{EXOTEL_ACCOUNT}"},
+        )
+    refused = await client.post("/calls", json=VALID)
+
+    assert placed.status_code == 201
+    # Marked as possibly sent by the statement that stored it with its place.
+    assert await connect_reserved_at(app, placed.json()["id"]) is not None
+    assert refused.status_code == 503
+    assert refused.json()["type"].endswith("/exotel-rate-limited")
+    assert int(refused.headers["retry-after"]) > 3000
+    assert route.call_count == 1
+    # Stored without a place: surely never sent, and failed as such.
+    assert await connect_reserved_at(app, refused.json()["id"]) is None
+    assert (await client.get(f"/calls/{refused.json()['id']}")).json()["status"] == "failed"
 
 
 async def test_unreachable_exotel_is_502_and_stored(

@@ -3,6 +3,7 @@ pages, where it may fetch recordings."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -61,7 +62,7 @@ async def test_connect_sends_the_caller_id_in_national_form_and_subscribes_answe
 ) -> None:
     route = exotel.post(f"{EXOTEL_CALLS}/connect.json").respond(200, json=connect_answer("a" * 32))
 
-    await client.connect(REQUEST)
+    await client.connect(REQUEST, asyncio.sleep(0))
 
     form = form_of(route.calls.last.request)
     assert form["CallerId"] == "08047112233"

@@ -298,7 +298,7 @@ async def test_a_run_looks_at_every_due_batch_the_fleet_budget_allows(
 
 
 class NoPlaceToSpare:
-    async def acquire(self, priority: Priority, *, sending: uuid.UUID | None = None) -> None:
+    async def acquire(self, priority: Priority) -> None:
         raise LimitReached(retry_after_s=1)
 
 

@@ -13,23 +13,18 @@ import os
 import random
 import sys
 import time
-import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.calls.models import Call
 from app.db import PROJECT_ROOT, ConnectionPool
-from app.limits.budget import Budget, CallSettled, LimitReached, Priority
+from app.limits.budget import Budget, LimitReached, Priority
 from app.limits.gcra import (
     EXOTEL_SEND_SLACK,
     MAX_QUEUE_S,
     MIN_POLL_S,
     Buckets,
     FleetLimiter,
-    RateLimitBucket,
 )
 from tests.limits import hammer
 from tests.limits.conftest import SimulatedClock
@@ -183,48 +178,3 @@ async def test_processes_sharing_one_bucket_keep_its_budget_together(database_ur
     assert len(granted) >= 0.8 * (
         hammer.BUDGET.burst + span_s / hammer.BUDGET.interval.total_seconds()
     )
-
-
-async def call_row(engine: AsyncEngine, status: str) -> uuid.UUID:
-    call_id = uuid.uuid4()
-    async with engine.begin() as connection:
-        await connection.execute(
-            insert(Call).values(
-                id=call_id,
-                status=status,
-                from_number="+919876543210",
-                to_number="+919123456789",
-                caller_id="+918047112233",
-                api_client="orders",
-            )
-        )
-    return call_id
-
-
-async def reserved_at(engine: AsyncEngine, call_id: uuid.UUID) -> object:
-    async with engine.connect() as connection:
-        return await connection.scalar(select(Call.connect_reserved_at).where(Call.id == call_id))
-
-
-async def test_a_connects_place_marks_its_call_and_only_a_pending_call_gets_one(
-    engine: AsyncEngine, pool: ConnectionPool
-) -> None:
-    limiter = FleetLimiter(Buckets(pool, Budget.keeping(200)), "exotel:marks", max_wait_s=1)
-    pending, failed = await call_row(engine, "pending"), await call_row(engine, "failed")
-
-    await limiter.acquire(Priority.PLACING, sending=pending)
-    with pytest.raises(CallSettled):
-        await limiter.acquire(Priority.PLACING, sending=failed)
-
-    assert await reserved_at(engine, pending) is not None
-    assert await reserved_at(engine, failed) is None
-    async with engine.connect() as connection:
-        tat = await connection.scalar(
-            select(RateLimitBucket.tat).where(RateLimitBucket.key == "exotel:marks")
-        )
-    # One place taken, by the pending call only.
-    interval = Budget.keeping(200).interval
-    first = await reserved_at(engine, pending)
-    assert isinstance(first, datetime)
-    assert isinstance(tat, datetime)
-    assert abs((tat - first) - interval) < timedelta(milliseconds=50)

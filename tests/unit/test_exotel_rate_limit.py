@@ -1,8 +1,9 @@
-"""The Exotel client asks the fleet's limiter before every request, placing first."""
+"""The Exotel client waits for a place under the fleet's limit before every request: a
+connect request for the place its call's statement reserved, lookups for one of their own."""
 
 from __future__ import annotations
 
-import uuid
+import asyncio
 from datetime import UTC, datetime
 
 import httpx
@@ -26,28 +27,43 @@ REQUEST = ConnectRequest(
 class Full:
     """A limiter with no place for anyone within the time a caller may wait."""
 
-    async def acquire(self, priority: Priority, *, sending: uuid.UUID | None = None) -> None:
+    async def acquire(self, priority: Priority) -> None:
         raise LimitReached(retry_after_s=7)
 
 
-async def test_a_request_over_the_limit_is_not_sent_and_says_when_to_retry() -> None:
+async def no_place() -> None:
+    raise LimitReached(retry_after_s=7)
+
+
+@pytest.mark.parametrize("operation", ["connect", "call_details"])
+async def test_a_request_over_the_limit_is_not_sent_and_says_when_to_retry(
+    operation: str,
+) -> None:
     async with (
         httpx.AsyncClient(base_url=EXOTEL_BASE) as http,
         respx.mock(assert_all_called=False) as exotel,
     ):
-        route = exotel.post(f"{EXOTEL_CALLS}/connect.json").respond(
+        connect = exotel.post(f"{EXOTEL_CALLS}/connect.json").respond(
+            200, json=connect_answer("a" * 32)
+        )
+        details = exotel.get(f"{EXOTEL_CALLS}/{'a' * 32}.json").respond(
             200, json=connect_answer("a" * 32)
         )
         client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=Full())
 
+        asking = (
+            client.connect(REQUEST, no_place())
+            if operation == "connect"
+            else client.call_details("a" * 32)
+        )
         with pytest.raises(ExotelRateLimited) as refused:
-            await client.connect(REQUEST)
+            await asking
 
-    assert route.call_count == 0
+    assert connect.call_count == details.call_count == 0
     assert refused.value.retry_after_s == 7
 
 
-async def test_placing_asks_with_placing_priority_and_lookups_as_background_work() -> None:
+async def test_placing_takes_the_place_it_was_given_and_lookups_ask_as_background_work() -> None:
     sid = "a" * 32
     limiter = Unlimited()
     async with httpx.AsyncClient(base_url=EXOTEL_BASE) as http, respx.mock() as exotel:
@@ -56,9 +72,9 @@ async def test_placing_asks_with_placing_priority_and_lookups_as_background_work
         exotel.get(f"{EXOTEL_CALLS}.json").respond(200, json={"Metadata": {}, "Calls": []})
         client = ExotelClient(http, account_sid=EXOTEL_ACCOUNT, limiter=limiter)
 
-        await client.connect(REQUEST)
+        await client.connect(REQUEST, asyncio.sleep(0))
         await client.call_details(sid)
         now = datetime.now(UTC)
         await client.find_calls(to_number=REQUEST.to_number, created_after=now, created_before=now)
 
-    assert limiter.asked == [Priority.PLACING, Priority.BACKGROUND, Priority.BACKGROUND]
+    assert limiter.asked == [Priority.BACKGROUND, Priority.BACKGROUND]
