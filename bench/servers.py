@@ -119,6 +119,8 @@ class Server:
     env: Mapping[str, str]
     log_path: Path
     port: int = field(default_factory=free_port)
+    # Whose code it runs: this checkout's, or another's (bench/compare.py).
+    checkout: Path = PROJECT_ROOT
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -139,7 +141,7 @@ class Server:
         environment = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.serve", self.kind, "--port", str(self.port)],
-            cwd=PROJECT_ROOT,
+            cwd=self.checkout,
             env=environment,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
