@@ -183,15 +183,14 @@ def _typed_parameter(name: str) -> str:
 # (connect_reserved_at) if and only if its place was granted, so that another process
 # finding it pending and unclaimed knows whether it may fail it as never sent
 # (app/jobs/reconciler.py). A request whose key is taken (a replay) takes no Exotel place.
+_EXOTEL_PLACE = reserving(
+    "exotel",
+    "EXISTS (SELECT FROM client) AND NOT EXISTS (SELECT FROM calls"
+    " WHERE api_client = %(api_client)s AND idempotency_key = %(idempotency_key)s)",
+)
 _INSERT_CALL = f"""
     WITH client AS ({reserving("client")}
-    ), exotel AS ({
-    reserving(
-        "exotel",
-        "EXISTS (SELECT FROM client) AND NOT EXISTS (SELECT FROM calls"
-        " WHERE api_client = %(api_client)s AND idempotency_key = %(idempotency_key)s)",
-    )
-}
+    ), exotel AS ({_EXOTEL_PLACE}
     ), inserted AS (
         INSERT INTO calls ({", ".join(_NEW_CALL_COLUMNS)}, connect_reserved_at)
         SELECT {", ".join(map(_typed_parameter, _NEW_CALL_COLUMNS))},
