@@ -19,8 +19,6 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
-import psycopg
-
 from app.db import PROJECT_ROOT
 from bench import place
 from bench.place import Round, Sample
@@ -30,16 +28,13 @@ from bench.servers import (
     WRITER_KEY,
     Server,
     callbridge_env,
-    create_database,
     drop_database,
     running,
 )
 
 
 def _callbridge(name: str, checkout: Path, simulator: Server) -> Server:
-    database = create_database(LOCAL_POSTGRES, f"callbridge_bench_compare_{name}", migrated=True)
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute(place.EMPTY_BUCKETS)
+    database, _ = place.round_database(LOCAL_POSTGRES, f"callbridge_bench_compare_{name}")
     callbridge = Server("callbridge", {}, OUT_DIR / f"compare-{name}.log", checkout=checkout)
     callbridge.env = callbridge_env(
         database,

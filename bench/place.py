@@ -195,9 +195,9 @@ def _client(base_url: str, headers: dict[str, str] | None = None) -> httpx.Async
     )
 
 
-def _round_database(server_url: str) -> tuple[str, bool]:
+def round_database(server_url: str, name: str = DATABASE) -> tuple[str, bool]:
     """A fresh, migrated database for one round; whether it has GCRA buckets, now pinned."""
-    url = create_database(server_url, DATABASE, migrated=True)
+    url = create_database(server_url, name, migrated=True)
     with psycopg.connect(url, autocommit=True) as conn:
         found = conn.execute("SELECT to_regclass('rate_limit_buckets')").fetchone()
         has_buckets = found is not None and found[0] is not None
@@ -221,7 +221,7 @@ def run(server_url: str, *, rounds: int) -> PlaceResult:
     try:
         with running(simulator):
             for _ in range(rounds):
-                database, has_buckets = _round_database(server_url)
+                database, has_buckets = round_database(server_url)
                 pinned = pinned and has_buckets
                 session = Round(simulator, numbers)
                 callbridge = Server("callbridge", {}, OUT_DIR / "place-callbridge.log")

@@ -365,14 +365,14 @@ class CallService:
         row = await (await conn.execute(_INSERT_CALL, params)).fetchone()
         assert row is not None
         client_granted, client_wait_s, inserted, exotel_granted, exotel_wait_s = row
-        if not client_granted:
+        limiter = self._client_limiter
+        client_place = limiter.reservation(client_granted, client_wait_s)
+        if not client_place.granted:
             RATE_LIMITED.labels(client.name).inc()
-            limiter = self._client_limiter
-            raise rate_limited(limiter.per_minute, limiter.retry_after_s(client_wait_s))
+            raise rate_limited(limiter.per_minute, limiter.retry_after_s(client_place))
         if not inserted:
             return None
-        # NULL: the Exotel bucket is newer than the statement's snapshot, and was full.
-        return Reservation(exotel_granted, 0.0 if exotel_wait_s is None else exotel_wait_s)
+        return self._exotel_limiter.reservation(exotel_granted, exotel_wait_s)
 
     async def _replay(
         self, conn: AsyncConnection, client: ApiClient, key: str, new: NewCall

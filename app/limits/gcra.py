@@ -100,6 +100,14 @@ class Reservation:
     wait_s: float
 
 
+def reservation_from_row(budget: Budget, granted: bool, wait_s: float | None) -> Reservation:
+    """What `reserving` and `wait_s` answered. NULL: the bucket was created after the
+    statement's snapshot and had no place for it, so try again an interval later."""
+    if wait_s is None:
+        return Reservation(granted=False, wait_s=budget.interval.total_seconds())
+    return Reservation(granted=granted, wait_s=wait_s)
+
+
 class Buckets:
     """GCRA buckets in the `rate_limit_buckets` table, under one budget."""
 
@@ -117,11 +125,7 @@ class Buckets:
         async with self._pool.connection() as connection:
             row = await (await connection.execute(_RESERVE, params)).fetchone()
         assert row is not None
-        granted, wait_s = row
-        if wait_s is None:
-            # The bucket was created after this statement's snapshot: try again soon.
-            return Reservation(granted=False, wait_s=self.budget.interval.total_seconds())
-        return Reservation(granted=granted, wait_s=wait_s)
+        return reservation_from_row(self.budget, *row)
 
 
 class FleetLimiter:
@@ -165,14 +169,18 @@ class FleetLimiter:
             max_wait=timedelta(seconds=self._max_wait_s),
         )
 
-    async def placing(self, reservation: Reservation) -> None:
+    def reservation(self, granted: bool, wait_s: float | None) -> Reservation:
+        """The place `reserving("exotel")` answered."""
+        return reservation_from_row(self._buckets.budget, granted, wait_s)
+
+    async def placing(self, place: Reservation) -> None:
         """Wait for a connect request's place (sleep until it is ours), or LimitReached
         if none came within `max_wait_s`."""
-        if not reservation.granted:
-            wait_beyond_s = reservation.wait_s - self._max_wait_s
+        if not place.granted:
+            wait_beyond_s = place.wait_s - self._max_wait_s
             raise LimitReached(retry_after_s=max(1, math.ceil(wait_beyond_s)))
-        if reservation.wait_s > 0:
-            await asyncio.sleep(reservation.wait_s)
+        if place.wait_s > 0:
+            await asyncio.sleep(place.wait_s)
 
 
 class ClientLimiter:
@@ -193,12 +201,14 @@ class ClientLimiter:
     def params(self, name: str) -> dict[str, object]:
         return bucket_params("client", self._budget, f"{self._prefix}:{name}", Priority.PLACING)
 
-    def retry_after_s(self, wait_s: float | None) -> int:
-        """Whole seconds until a refused client has a place (`wait_s`, NULL for a bucket
-        newer than the statement's snapshot)."""
-        if wait_s is None:
-            wait_s = self._budget.interval.total_seconds()
-        return max(1, math.ceil(wait_s))
+    def reservation(self, granted: bool, wait_s: float | None) -> Reservation:
+        """The place `reserving("client")` answered."""
+        return reservation_from_row(self._budget, granted, wait_s)
+
+    @staticmethod
+    def retry_after_s(refused: Reservation) -> int:
+        """Whole seconds until a refused client has a place."""
+        return max(1, math.ceil(refused.wait_s))
 
 
 # How long placing a call may wait for a place under EXOTEL_REQUESTS_PER_MINUTE.
