@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
@@ -65,12 +66,14 @@ WAITING = events.c.processed_at.is_(None)
 # PARSED_KEPT waiting (a backlog: a few MB), the others are parsed again.
 Parsed: TypeAlias = dict[int, ExotelCallback]
 PARSED_KEPT = 5_000
-# Callbacks stored by this process and not yet applied past which its endpoint waits (at
-# most ROOM_WAIT_S) before storing more. Storing costs about twice what applying does,
-# and under a saturating load the requests would take all of the process's CPU: the
-# backlog, and the lag, would grow for as long as the load lasted (bench/README.md).
-# Below PARSED_KEPT, so that the parsed callbacks kept count them.
-BACKLOG_LIMIT = 1_000
+# How long the oldest callback stored by this process may wait for its applier before
+# its endpoint waits (at most ROOM_WAIT_S) to store more. Storing costs about twice what
+# applying does, and under a saturating load the requests would take all of the
+# process's CPU: the backlog, and the lag, would grow for as long as the load lasted
+# (bench/README.md). A time, not a count, so that the lag target (p99 <= 1 s) holds on a
+# machine of any speed; a quarter of it, where half gave the same throughput and twice
+# the lag.
+BACKLOG_AGE_S = 0.25
 # Bounded: an applier that cannot apply (the database refuses it) must not keep
 # callbacks from being stored.
 ROOM_WAIT_S = 1.0
@@ -82,6 +85,8 @@ class CallbackApplier:
         self._details_after = details_after
         self._woken = asyncio.Event()
         self._parsed: Parsed = {}
+        # (event id, when stored) of the callbacks in `_parsed`, oldest first.
+        self._stored_at: deque[tuple[int, float]] = deque()
         self._room = asyncio.Event()
         self._room.set()
 
@@ -90,14 +95,15 @@ class CallbackApplier:
         `event_id`, parsed."""
         if len(self._parsed) < PARSED_KEPT:
             self._parsed[event_id] = callback
-            if len(self._parsed) >= BACKLOG_LIMIT:
-                self._room.clear()
+            self._stored_at.append((event_id, time.monotonic()))
         self._woken.set()
 
     async def room(self) -> None:
-        """Return once fewer than BACKLOG_LIMIT callbacks stored here wait, or after
-        ROOM_WAIT_S."""
-        if not self._room.is_set():
+        """Return once no callback stored here has waited BACKLOG_AGE_S for the applier,
+        or after ROOM_WAIT_S."""
+        if self._backlogged():
+            # Set again by the applier once a batch leaves no callback waiting that long.
+            self._room.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ROOM_WAIT_S):
                     await self._room.wait()
@@ -118,6 +124,7 @@ class CallbackApplier:
                     pause_s = ERROR_PAUSE_S
                     # Nothing is applied before the pause: the endpoint need not wait.
                     self._parsed.clear()
+                    self._stored_at.clear()
                     self._room.set()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause_s):
@@ -128,9 +135,16 @@ class CallbackApplier:
 
     async def _apply_making_room(self) -> int:
         processed = await self.apply_pending()
-        if len(self._parsed) < BACKLOG_LIMIT:
+        if not self._backlogged():
             self._room.set()
         return processed
+
+    def _backlogged(self) -> bool:
+        """Whether the oldest callback stored here and still waiting has waited
+        BACKLOG_AGE_S or longer (those applied have left `_parsed`)."""
+        while self._stored_at and self._stored_at[0][0] not in self._parsed:
+            self._stored_at.popleft()
+        return bool(self._stored_at) and time.monotonic() - self._stored_at[0][1] >= BACKLOG_AGE_S
 
     async def apply_pending(self) -> int:
         """Apply up to about BATCH waiting callbacks; return how many were processed."""

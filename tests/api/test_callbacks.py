@@ -20,7 +20,6 @@ from sqlalchemy import text
 
 from app.callbacks import applier as applier_module
 from app.callbacks.applier import (
-    BACKLOG_LIMIT,
     POLL_INTERVAL_S,
     ROOM_WAIT_S,
     CallbackApplier,
@@ -262,20 +261,26 @@ async def test_callbacks_arriving_together_are_stored_by_one_statement_each_answ
 async def backlogged_inbox(
     app: FastAPI, call: dict[str, Any]
 ) -> tuple[CallbackInbox, CallbackApplier, ReceivedCallback]:
-    """An inbox whose applier (not running) has BACKLOG_LIMIT callbacks waiting, and a
-    terminal callback for `call` to store with it."""
+    """An inbox whose applier (not running) has had a callback waiting BACKLOG_AGE_S,
+    and a terminal callback for `call` to store with it."""
     applier = CallbackApplier(app.state.engine, details_after=timedelta(0))
     body = json.dumps(callback(CallSid=SID, Status="completed")).encode()
     parsed = await parse_callback(body, "application/json")
-    for not_stored in range(-BACKLOG_LIMIT, 0):
-        applier.wake(not_stored, parsed)
+    applier.wake(-1, parsed)  # an id no stored event has
+    await asyncio.sleep(applier_module.BACKLOG_AGE_S)
     received = ReceivedCallback(
         uuid.UUID(call["id"]), parsed, body, "application/json", datetime.now(UTC)
     )
     return CallbackInbox(app.state.pool, applier), applier, received
 
 
-async def test_storing_waits_while_the_appliers_backlog_is_full(
+@pytest.fixture
+def short_backlog_age(monkeypatch: Any) -> None:
+    monkeypatch.setattr(applier_module, "BACKLOG_AGE_S", 0.1)
+
+
+@pytest.mark.usefixtures("short_backlog_age")
+async def test_storing_waits_while_the_applier_lags(
     app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter
 ) -> None:
     """Under a load the applier cannot keep up with, the endpoint waits for it rather than
@@ -299,6 +304,27 @@ async def test_storing_waits_while_the_appliers_backlog_is_full(
     assert [e["applied"] for e in await call_events(client, SID)] == [True]
 
 
+@pytest.mark.usefixtures("short_backlog_age")
+async def test_storing_does_not_wait_for_an_applier_that_keeps_up(
+    app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter
+) -> None:
+    """A callback that has waited less than BACKLOG_AGE_S holds no other back."""
+    [(call, _)] = await place_calls(client, exotel, SID)
+    applier = CallbackApplier(app.state.engine, details_after=timedelta(0))
+    body = json.dumps(callback(CallSid=SID, Status="completed")).encode()
+    parsed = await parse_callback(body, "application/json")
+    applier.wake(-1, parsed)
+    received = ReceivedCallback(
+        uuid.UUID(call["id"]), parsed, body, "application/json", datetime.now(UTC)
+    )
+
+    async with asyncio.timeout(applier_module.BACKLOG_AGE_S / 2):
+        await CallbackInbox(app.state.pool, applier).store(received)
+
+    assert len(await call_events(client, SID)) == 1
+
+
+@pytest.mark.usefixtures("short_backlog_age")
 async def test_storing_waits_for_the_applier_only_so_long(
     app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter, monkeypatch: Any
 ) -> None:
