@@ -237,6 +237,8 @@ class SessionClaims:
                         await asyncio.wait_for(self._claim_queued.wait(), RELEASE_DELAY_S)
                 claiming, self._to_claim = self._to_claim, {}
                 releasing, self._to_release = self._to_release, set()
+                if not (claiming or releasing):
+                    continue  # closed while the releases waited: ending the session freed them
                 try:
                     taken = await self._execute(
                         _CLAIM_AND_RELEASE, claim=list(claiming), release=list(releasing)

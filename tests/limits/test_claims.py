@@ -255,6 +255,36 @@ async def test_background_claims_and_releases_go_together_in_few_statements(
     assert statements == 3
 
 
+async def test_closing_while_a_release_waits_sends_nothing_more(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ending the session releases every claim: a release still waiting for a claim to
+    ride with is dropped, not sent on a closed session (which failed, and said so in a
+    warning at every shutdown)."""
+    claims = SessionClaims(engine)
+    await claims.start()
+    statements = 0
+    execute = claims._execute
+
+    async def counted(statement: Executable, **params: object) -> object:
+        nonlocal statements
+        statements += 1
+        return await execute(statement, **params)
+
+    monkeypatch.setattr(claims, "_execute", counted)
+    call_id = uuid.uuid4()
+    claim = claims.claim_soon(ClaimKind.PLACING, call_id)
+    await _until(_sent(claims))
+    claim.release()
+    await asyncio.sleep(RELEASE_DELAY_S / 4)  # the release now waits for company
+
+    await claims.close()
+
+    assert statements == 1
+    async with engine.connect() as connection:
+        assert not await held(connection, ClaimKind.PLACING, [call_id])
+
+
 async def test_claims_come_back_after_their_session_was_lost(engine: AsyncEngine) -> None:
     claims = SessionClaims(engine)
     await claims.start()
