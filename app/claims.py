@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import functools
 import hashlib
@@ -225,7 +226,11 @@ class SessionClaims:
 
     def _send_soon(self) -> None:
         if self._sending is None:
-            self._sending = asyncio.get_running_loop().create_task(self._send_queued())
+            # In a context of its own: one statement carries many requests' claims, so
+            # what it logs belongs to none of them (not to the request that started it).
+            self._sending = asyncio.get_running_loop().create_task(
+                self._send_queued(), context=contextvars.Context()
+            )
 
     async def _send_queued(self) -> None:
         """Send what is queued, one statement at a time, until nothing is."""

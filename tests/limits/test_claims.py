@@ -8,9 +8,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import structlog
 from sqlalchemy import Uuid, func, literal, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
+from structlog.testing import capture_logs
 
 from app.claims import (
     RELEASE_DELAY_S,
@@ -283,6 +285,26 @@ async def test_closing_while_a_release_waits_sends_nothing_more(
     assert statements == 1
     async with engine.connect() as connection:
         assert not await held(connection, ClaimKind.PLACING, [call_id])
+
+
+async def test_background_claims_log_under_no_request(engine: AsyncEngine) -> None:
+    """The statement that sends queued claims serves many requests: its warnings carry
+    no request id, not that of the request whose claim started it."""
+    claims = SessionClaims(engine)
+    await claims.start()
+    assert claims._connection is not None
+    await claims._connection.close()  # the next statement fails, and says so
+    structlog.contextvars.bind_contextvars(request_id="the-first-request")
+    try:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logged:
+            claims.claim_soon(ClaimKind.PLACING, uuid.uuid4())
+            await _until(_sent(claims))
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+        await claims.close()
+
+    [failed] = [entry for entry in logged if entry["event"] == "claims_failed"]
+    assert "request_id" not in failed
 
 
 async def test_claims_come_back_after_their_session_was_lost(engine: AsyncEngine) -> None:
