@@ -103,7 +103,11 @@ class CallbackApplier:
         or after ROOM_WAIT_S."""
         if self._backlogged():
             # Set again by the applier once a batch leaves no callback waiting that long.
+            # Woken for that batch: the oldest may have been applied by another process
+            # (its call was held when this applier took the others), which only a batch
+            # finds out; an idle applier would otherwise look at its next poll.
             self._room.clear()
+            self._woken.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ROOM_WAIT_S):
                     await self._room.wait()

@@ -342,6 +342,50 @@ async def test_storing_waits_for_the_applier_only_so_long(
     assert [e["applied"] for e in await call_events(client, SID)] == [True]
 
 
+async def test_a_callback_applied_elsewhere_holds_no_other_back(
+    app: FastAPI, client: httpx.AsyncClient, exotel: respx.MockRouter, monkeypatch: Any
+) -> None:
+    """A callback stored here but applied by another process (its call was held when
+    this applier took the others) has not waited for this applier: storing more goes on
+    at once, not after the next poll."""
+    monkeypatch.setattr(applier_module, "BACKLOG_AGE_S", 0.1)
+    monkeypatch.setattr(applier_module, "POLL_INTERVAL_S", 30.0)
+    monkeypatch.setattr(applier_module, "ROOM_WAIT_S", 10.0)
+    [(first, _), (second, _)] = await place_calls(client, exotel, SID, OTHER_SID)
+    inbox: CallbackInbox = app.state.callback_inbox
+
+    async def received(call: dict[str, Any], **changes: Any) -> ReceivedCallback:
+        body = json.dumps(callback(**changes)).encode()
+        parsed = await parse_callback(body, "application/json")
+        return ReceivedCallback(
+            uuid.UUID(call["id"]), parsed, body, "application/json", datetime.now(UTC)
+        )
+
+    async with app.state.engine.connect() as elsewhere:
+        await elsewhere.execute(
+            text("SELECT 1 FROM calls WHERE id = :id FOR NO KEY UPDATE"), {"id": second["id"]}
+        )
+        ringing = await received(first, CallSid=SID, Status="ringing", EventType="answered")
+        busy = await received(second, CallSid=OTHER_SID, Status="busy")
+        await asyncio.gather(inbox.store(ringing), inbox.store(busy))
+        first_applied = text(
+            "SELECT count(*) FROM call_events WHERE call_id = :id AND processed_at IS NOT NULL"
+        )
+        async with app.state.engine.connect() as looking:
+            while not await looking.scalar(first_applied, {"id": first["id"]}):
+                await looking.rollback()
+                await asyncio.sleep(0.01)
+        await elsewhere.execute(
+            text("UPDATE call_events SET processed_at = now(), applied = true WHERE call_id = :id"),
+            {"id": second["id"]},
+        )
+        await elsewhere.commit()
+    await asyncio.sleep(applier_module.BACKLOG_AGE_S)
+
+    async with asyncio.timeout(1):
+        await inbox.store(await received(first, CallSid=SID, Status="completed"))
+
+
 async def test_concurrent_duplicates_are_applied_exactly_once(
     client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
 ) -> None:
