@@ -195,6 +195,19 @@ def _sent(claims: SessionClaims) -> Callable[[], Awaitable[bool]]:
     return sent
 
 
+def _statements_sent(claims: SessionClaims, monkeypatch: pytest.MonkeyPatch) -> list[Executable]:
+    """The statements `claims` sends from now on, as it sends them."""
+    sent: list[Executable] = []
+    execute = claims._execute
+
+    async def recorded(statement: Executable, **params: object) -> object:
+        sent.append(statement)
+        return await execute(statement, **params)
+
+    monkeypatch.setattr(claims, "_execute", recorded)
+    return sent
+
+
 async def test_a_background_claim_is_taken_then_released(
     engine: AsyncEngine, claims: SessionClaims
 ) -> None:
@@ -218,15 +231,7 @@ async def test_a_background_claim_is_taken_then_released(
 async def test_background_claims_and_releases_go_together_in_few_statements(
     engine: AsyncEngine, claims: SessionClaims, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    statements = 0
-    execute = claims._execute
-
-    async def counted(statement: Executable, **params: object) -> object:
-        nonlocal statements
-        statements += 1
-        return await execute(statement, **params)
-
-    monkeypatch.setattr(claims, "_execute", counted)
+    statements = _statements_sent(claims, monkeypatch)
 
     async def held_now(ids: list[uuid.UUID]) -> set[uuid.UUID]:
         async with engine.connect() as connection:
@@ -237,7 +242,7 @@ async def test_background_claims_and_releases_go_together_in_few_statements(
     taken = [claims.claim_soon(ClaimKind.PLACING, work_id) for work_id in ids]
     await _until(sent)
     assert await held_now(ids) == set(ids)
-    assert statements == 1
+    assert len(statements) == 1
 
     # A release waits for a claim to ride with: the next call's, here.
     for claim in taken[:25]:
@@ -247,14 +252,14 @@ async def test_background_claims_and_releases_go_together_in_few_statements(
     claims.claim_soon(ClaimKind.PLACING, later)
     await _until(sent)
     assert await held_now([*ids, later]) == {*ids[25:], later}
-    assert statements == 2
+    assert len(statements) == 2
 
     # With no claim to ride with, releases go on their own, RELEASE_DELAY_S later.
     for claim in taken[25:]:
         claim.release()
     await _until(sent, timeout_s=RELEASE_DELAY_S * 5)
     assert await held_now(ids) == set()
-    assert statements == 3
+    assert len(statements) == 3
 
 
 async def test_closing_while_a_release_waits_sends_nothing_more(
@@ -265,15 +270,7 @@ async def test_closing_while_a_release_waits_sends_nothing_more(
     warning at every shutdown)."""
     claims = SessionClaims(engine)
     await claims.start()
-    statements = 0
-    execute = claims._execute
-
-    async def counted(statement: Executable, **params: object) -> object:
-        nonlocal statements
-        statements += 1
-        return await execute(statement, **params)
-
-    monkeypatch.setattr(claims, "_execute", counted)
+    statements = _statements_sent(claims, monkeypatch)
     call_id = uuid.uuid4()
     claim = claims.claim_soon(ClaimKind.PLACING, call_id)
     await _until(_sent(claims))
@@ -282,7 +279,7 @@ async def test_closing_while_a_release_waits_sends_nothing_more(
 
     await claims.close()
 
-    assert statements == 1
+    assert len(statements) == 1
     async with engine.connect() as connection:
         assert not await held(connection, ClaimKind.PLACING, [call_id])
 
