@@ -347,13 +347,10 @@ class Reconciler:
         """Fail a call its dead process never sent, and release its key (see the module
         docstring for why no live process can send it after this)."""
         async with self._sessions() as session, session.begin():
-            still_pending = await session.execute(
-                select(Call.id).where(Call.id == due.id, Call.status == "pending").with_for_update()
-            )
-            if still_pending.one_or_none() is None:
+            call = await _lock(session, due.id)
+            if call.status != "pending":
                 # Its process recorded Exotel's answer after all, and scheduled the call.
                 return "settled_meanwhile"
-            call = await _lock(session, due.id)
             record = {"ConnectReserved": False}
             await self._fail_unplaced(session, call, NEVER_SENT, "never_sent", record)
         log.warning("reconcile_never_sent", call_id=str(due.id))
