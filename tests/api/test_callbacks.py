@@ -688,6 +688,53 @@ async def test_bodies_that_are_not_callbacks_are_refused_stored_and_not_applied(
         assert event["payload"] == json.loads(content)
 
 
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        # Every byte value, in a body that cannot be read as text.
+        (bytes(range(256)) * 2, "application/json", 400),
+        # A callback whose values need escaping in JSON: quotes, a backslash, a NUL.
+        (
+            b"CallSid=492205107c5fb48f4ac25d1f77759339&Status=completed&EventType=terminal"
+            b"&CustomField=%22a%5Cb%00%E0%A4%95%F0%9F%93%9E",
+            'application/x-www-form-urlencoded; charset="utf-8"',
+            200,
+        ),
+    ],
+)
+async def test_a_body_is_stored_byte_for_byte(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    exotel: respx.MockRouter,
+    exotel_side: httpx.AsyncClient,
+    content: bytes,
+    content_type: str,
+    status: int,
+) -> None:
+    """The store hands Postgres its batch as JSON text: the raw body (in base64), the
+    content type and the time come out of it as they went in."""
+    call, url = await place_call(client, exotel)
+    before = datetime.now(UTC)
+
+    response = await exotel_side.post(url, content=content, headers={"content-type": content_type})
+
+    assert response.status_code == status
+    async with app.state.engine.connect() as conn:
+        [row] = (
+            await conn.execute(
+                text(
+                    "SELECT raw_body, content_type, call_sid, received_at FROM call_events "
+                    "WHERE call_id = :call_id AND source = 'callback'"
+                ),
+                {"call_id": call["id"]},
+            )
+        ).all()
+    assert row.raw_body == content
+    assert row.content_type == content_type
+    assert row.call_sid == (SID if status == 200 else None)
+    assert before <= row.received_at <= datetime.now(UTC)
+
+
 async def test_a_missing_call_sid_is_named(
     client: httpx.AsyncClient, exotel: respx.MockRouter, exotel_side: httpx.AsyncClient
 ) -> None:
