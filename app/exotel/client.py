@@ -34,7 +34,7 @@ from app.exotel.schemas import (
     ExotelErrorEnvelope,
     ExotelRestException,
 )
-from app.limits.budget import LimitReached, Priority, RequestLimiter
+from app.limits.budget import LimitReached, RequestLimiter
 from app.metrics import EXOTEL_REQUEST_DURATION, EXOTEL_REQUESTS
 
 log = structlog.get_logger(__name__)
@@ -377,9 +377,7 @@ class ExotelClient:
         place: Awaitable[None] | None = None,
     ) -> httpx.Response:
         url = path if path.startswith("/v1/") else self._calls_path + path
-        await self._wait_for_rate_limit(
-            operation, place or self._limiter.acquire(Priority.BACKGROUND)
-        )
+        await self._wait_for_rate_limit(operation, place or self._limiter.acquire())
         started = time.perf_counter()
         try:
             response = await self._http.request(method, url, data=data, params=params)

@@ -43,7 +43,7 @@ class RequestLimiter(Protocol):
     A connect request's place is taken by the statement that stores its call
     (`FleetLimiter.placing`, app/calls/service.py), and given to the client with it."""
 
-    async def acquire(self, priority: Priority) -> None: ...
+    async def acquire(self) -> None: ...
 
 
 @dataclass(frozen=True)

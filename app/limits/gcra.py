@@ -131,11 +131,12 @@ class Buckets:
 class FleetLimiter:
     """The limit on requests to one Exotel account, shared by the fleet.
 
-    Placing a call reserves the next place if it comes within `max_wait_s` (one round
-    trip) and sleeps until then. Background work takes a place only while the bucket
-    has room to spare for placing (Budget.background_burst), polling for up to
-    `max_wait_s`. Either way, past `max_wait_s` the request is refused: better to say at
-    once that nothing was sent, and when to retry, than to queue callers for minutes.
+    Placing a call reserves the next place if it comes within `max_wait_s`, in the
+    statement that stores the call (`placing_params`), and sleeps until then (`placing`).
+    A lookup takes a place only while the bucket has room to spare for placing
+    (Budget.background_burst), polling for up to `max_wait_s` (`acquire`). Either way,
+    past `max_wait_s` the request is refused: better to say at once that nothing was
+    sent, and when to retry, than to queue callers for minutes.
     """
 
     def __init__(self, buckets: Buckets, key: str, *, max_wait_s: float) -> None:
@@ -143,17 +144,16 @@ class FleetLimiter:
         self._key = key
         self._max_wait_s = max_wait_s
 
-    async def acquire(self, priority: Priority) -> None:
+    async def acquire(self) -> None:
+        """A place for a lookup: taken only while the bucket has room to spare for
+        placing, polled for until `max_wait_s`, else LimitReached."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_wait_s
         while True:
             left_s = max(0.0, deadline - loop.time())
-            may_queue = timedelta(seconds=left_s if priority is Priority.PLACING else 0)
-            reservation = await self._buckets.reserve(self._key, priority, max_wait=may_queue)
-            if priority is Priority.PLACING:
-                return await self.placing(reservation)
+            reservation = await self._buckets.reserve(self._key, Priority.BACKGROUND)
             if reservation.granted:
-                return None
+                return
             if reservation.wait_s > left_s:
                 raise LimitReached(retry_after_s=max(1, math.ceil(reservation.wait_s - left_s)))
             await asyncio.sleep(max(reservation.wait_s, MIN_POLL_S))

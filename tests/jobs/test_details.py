@@ -19,7 +19,7 @@ from app.calls.models import Call, CallEvent, Leg, Notification
 from app.exotel.client import ExotelClient, build_http_client
 from app.exotel.schemas import EXOTEL_TIMEZONE
 from app.jobs.details import GAVE_UP, GIVE_UP_AFTER, DetailsJob
-from app.limits.budget import LimitReached, Priority
+from app.limits.budget import LimitReached
 from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE, callbacks_applied
 from tests.exotel_callbacks import callback, form_of
 from tests.exotel_samples import connect_answer
@@ -298,7 +298,7 @@ async def test_a_run_looks_at_every_due_batch_the_fleet_budget_allows(
 
 
 class NoPlaceToSpare:
-    async def acquire(self, priority: Priority) -> None:
+    async def acquire(self) -> None:
         raise LimitReached(retry_after_s=1)
 
 

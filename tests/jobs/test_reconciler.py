@@ -33,7 +33,7 @@ from app.jobs.reconciler import (
     SID_UNKNOWN,
     Reconciler,
 )
-from app.limits.budget import LimitReached, Priority
+from app.limits.budget import LimitReached
 from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE
 from tests.exotel_samples import connect_answer
 from tests.jobs.conftest import AppFactory, LiveSimulator, RunningApp, eventually
@@ -632,7 +632,7 @@ async def test_a_run_stops_when_the_limit_has_no_place_to_spare(
 
 
 class NoPlaceToSpare:
-    async def acquire(self, priority: Priority) -> None:
+    async def acquire(self) -> None:
         raise LimitReached(retry_after_s=1)
 
 

@@ -24,11 +24,13 @@ from app.limits.gcra import Buckets, FleetLimiter
 BUDGET = Budget.keeping(15, window=timedelta(seconds=3), send_slack=timedelta(seconds=0.5))
 CONCURRENCY = 8
 PAUSE_S = 0.2
+MAX_WAIT_S = 0.5
 
 
 async def hammer(url: str, key: str, seconds: float) -> list[float]:
     pool = ConnectionPool(url, size=CONCURRENCY)
-    limiter = FleetLimiter(Buckets(pool, BUDGET), key, max_wait_s=0.5)
+    buckets = Buckets(pool, BUDGET)
+    limiter = FleetLimiter(buckets, key, max_wait_s=MAX_WAIT_S)
     granted: list[float] = []
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
@@ -36,9 +38,16 @@ async def hammer(url: str, key: str, seconds: float) -> list[float]:
 
     async def ask() -> None:
         while time.monotonic() < deadline:
-            priority = Priority.BACKGROUND if random.random() < 1 / 3 else Priority.PLACING
             try:
-                await limiter.acquire(priority)
+                if random.random() < 1 / 3:
+                    await limiter.acquire()  # a lookup
+                else:
+                    # A connect request, whose place the statement storing its call reserves.
+                    await limiter.placing(
+                        await buckets.reserve(
+                            key, Priority.PLACING, max_wait=timedelta(seconds=MAX_WAIT_S)
+                        )
+                    )
                 granted.append(time.time())
             except LimitReached:
                 pass

@@ -133,13 +133,19 @@ async def test_a_caller_waits_a_few_seconds_at_most_then_hears_when_to_retry(
 ) -> None:
     # 2 a second after a burst of 1: the third at once would wait a second, too long.
     budget = Budget.keeping(2, window=timedelta(seconds=1))
-    limiter = FleetLimiter(Buckets(pool, budget), KEY, max_wait_s=0.3)
+    buckets = Buckets(pool, budget)
+    limiter = FleetLimiter(buckets, KEY, max_wait_s=0.3)
 
-    await limiter.acquire(Priority.PLACING)
+    async def place() -> None:
+        await limiter.placing(
+            await buckets.reserve(KEY, Priority.PLACING, max_wait=timedelta(seconds=0.3))
+        )
+
+    await place()
     with pytest.raises(LimitReached) as placing:
-        await limiter.acquire(Priority.PLACING)
+        await place()
     with pytest.raises(LimitReached) as background:
-        await limiter.acquire(Priority.BACKGROUND)
+        await limiter.acquire()
 
     assert placing.value.retry_after_s == 1
     assert background.value.retry_after_s == 1
