@@ -150,6 +150,13 @@ def national_form(number: str) -> str:
     return "".join(character for character in formatted if character.isdigit())
 
 
+# Requests to Exotel in flight at once, at most. Every connection is kept alive: one
+# closed after its request would be opened again for the next, a TCP and TLS handshake
+# with Exotel on the path of a call being placed, whenever more than the kept ones are in
+# flight (httpx keeps 20 by default).
+EXOTEL_CONNECTIONS = 50
+
+
 def build_http_client(
     base_url: str, *, api_key: str, api_token: str, timeout_s: float
 ) -> httpx.AsyncClient:
@@ -162,8 +169,13 @@ def build_http_client(
         base_url=base_url,
         auth=httpx.BasicAuth(api_key, api_token),
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0), pool=5.0),
-        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
-        transport=httpx.AsyncHTTPTransport(retries=2),
+        # The limits go to the transport: the client ignores its own once given one.
+        transport=httpx.AsyncHTTPTransport(
+            retries=2,
+            limits=httpx.Limits(
+                max_connections=EXOTEL_CONNECTIONS, max_keepalive_connections=EXOTEL_CONNECTIONS
+            ),
+        ),
         headers={"Accept": "application/json", "User-Agent": "callbridge"},
     )
 

@@ -4,6 +4,7 @@ pages, where it may fetch recordings."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import respx
 
 from app.exotel.client import (
+    EXOTEL_CONNECTIONS,
     ConnectRequest,
     ExotelClient,
     ExotelRefused,
@@ -259,3 +261,42 @@ async def test_a_missing_recording_is_refused_404(
             pass
 
     assert refused.value.status == 404
+
+
+# Connections.
+
+
+async def test_connections_are_kept_for_as_many_requests_as_may_be_in_flight() -> None:
+    """A burst of concurrent requests opens its connections once: the next burst reuses
+    them all, where a smaller keep-alive pool would close some and open them again."""
+    opened = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened
+        opened += 1
+        body = b'{"ok": true}'
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                # Slow enough that the whole burst is in flight at once.
+                await asyncio.sleep(0.05)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    in_flight = EXOTEL_CONNECTIONS - 10
+    try:
+        async with build_http_client(
+            f"http://127.0.0.1:{port}", api_key="key", api_token="token", timeout_s=5
+        ) as http:
+            for _ in range(2):
+                answers = await asyncio.gather(*(http.get("/") for _ in range(in_flight)))
+                assert {answer.status_code for answer in answers} == {200}
+                assert opened == in_flight
+    finally:
+        server.close()
+        await server.wait_closed()
