@@ -55,7 +55,7 @@ async def _measure(
     clients = {name: place._client(server.url, headers) for name, server in callbridges.items()}
     try:
         for name in order:
-            await session.callbridge(clients[name], place.WARMUP, 1)
+            await session.callbridge(clients[name], place.WARMUP, place.CONCURRENCY)
         for turn in range(rounds):
             for name in order if turn % 2 == 0 else order[::-1]:
                 started_cpu = callbridges[name].cpu_seconds()

@@ -52,7 +52,10 @@ from bench.servers import (
 
 CONCURRENCY = 32
 EXOTEL_BUDGET = 200  # the most EXOTEL_REQUESTS_PER_MINUTE allows, so a bucket's burst
-WARMUP = 10
+# The warm-up runs at the measured concurrency: each round starts a fresh process, whose
+# pools (Postgres, Exotel, the client's) would otherwise open their connections, and
+# Postgres fork a backend for each, inside the measured calls.
+WARMUP = CONCURRENCY
 SEQUENTIAL = 40
 CONCURRENT = EXOTEL_BUDGET - WARMUP - SEQUENTIAL
 DATABASE = "callbridge_bench_place"
@@ -242,8 +245,8 @@ def run(server_url: str, *, rounds: int) -> PlaceResult:
                             callbridge.url, headers={"Authorization": f"Bearer {WRITER_KEY}"}
                         ) as through,
                     ):
-                        await session.direct(direct, WARMUP, 1)
-                        await session.callbridge(through, WARMUP, 1)
+                        await session.direct(direct, WARMUP, CONCURRENCY)
+                        await session.callbridge(through, WARMUP, CONCURRENCY)
                         for key, concurrency, total in (
                             ("1", 1, SEQUENTIAL),
                             ("", CONCURRENCY, CONCURRENT),
