@@ -18,6 +18,7 @@ from app.config import Settings
 from app.db import PROJECT_ROOT, migrate
 from app.embedded import EmbeddedPostgres
 from app.main import create_app
+from tests.exotel_wire import EXOTEL_WIRE
 
 EXOTEL_BASE = "http://exotel.test"
 EXOTEL_ACCOUNT = "callbridge-test"
@@ -145,5 +146,5 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def exotel() -> Iterator[respx.MockRouter]:
     """Exotel at the HTTP boundary; unmatched requests fail the test."""
-    with respx.mock(base_url=EXOTEL_CALLS, assert_all_called=False) as router:
+    with respx.mock(using=EXOTEL_WIRE, base_url=EXOTEL_CALLS, assert_all_called=False) as router:
         yield router

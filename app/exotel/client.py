@@ -34,6 +34,7 @@ from app.exotel.schemas import (
     ExotelErrorEnvelope,
     ExotelRestException,
 )
+from app.exotel.transport import AiohttpTransport
 from app.limits.budget import LimitReached, RequestLimiter
 from app.metrics import EXOTEL_REQUEST_DURATION, EXOTEL_REQUESTS
 
@@ -152,8 +153,7 @@ def national_form(number: str) -> str:
 
 # Requests to Exotel in flight at once, at most. Every connection is kept alive: one
 # closed after its request would be opened again for the next, a TCP and TLS handshake
-# with Exotel on the path of a call being placed, whenever more than the kept ones are in
-# flight (httpx keeps 20 by default).
+# with Exotel on the path of a call being placed.
 EXOTEL_CONNECTIONS = 50
 
 
@@ -162,20 +162,15 @@ def build_http_client(
 ) -> httpx.AsyncClient:
     """The one AsyncClient for Exotel: Basic auth in the header, bounded everything.
 
-    httpx's transport retries only failed connection attempts, i.e. requests that
-    surely never reached Exotel, which is exactly the retry that is safe here.
+    Its transport (app/exotel/transport.py) retries only failed connection attempts,
+    i.e. requests that surely never reached Exotel, which is exactly the retry that is
+    safe here.
     """
     return httpx.AsyncClient(
         base_url=base_url,
         auth=httpx.BasicAuth(api_key, api_token),
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0), pool=5.0),
-        # The limits go to the transport: the client ignores its own once given one.
-        transport=httpx.AsyncHTTPTransport(
-            retries=2,
-            limits=httpx.Limits(
-                max_connections=EXOTEL_CONNECTIONS, max_keepalive_connections=EXOTEL_CONNECTIONS
-            ),
-        ),
+        transport=AiohttpTransport(max_connections=EXOTEL_CONNECTIONS),
         headers={"Accept": "application/json", "User-Agent": "callbridge"},
     )
 

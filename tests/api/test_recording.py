@@ -12,6 +12,7 @@ import respx
 from app.errors import PROBLEM_CONTENT_TYPE
 from tests.conftest import READER_KEY
 from tests.exotel_callbacks import SAMPLE_SID, callback, place_calls
+from tests.exotel_wire import EXOTEL_WIRE
 
 RECORDING = "https://recordings.exotel.com/exotelrecordings/callbridge-test/rec.mp3"
 AUDIO = bytes(range(256)) * 8
@@ -41,7 +42,7 @@ def recordings() -> Iterator[respx.MockRouter]:
             },
         )
 
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=EXOTEL_WIRE, assert_all_called=False) as router:
         router.get(RECORDING).mock(side_effect=answer)
         yield router
 

@@ -24,6 +24,7 @@ from app.exotel.client import (
 )
 from tests.conftest import EXOTEL_ACCOUNT, EXOTEL_BASE, EXOTEL_CALLS
 from tests.exotel_samples import connect_answer
+from tests.exotel_wire import EXOTEL_WIRE
 from tests.limiters import Unlimited
 
 REQUEST = ConnectRequest(
@@ -52,7 +53,7 @@ async def client() -> AsyncIterator[ExotelClient]:
 
 @pytest.fixture
 def exotel() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=EXOTEL_WIRE, assert_all_called=False) as router:
         yield router
 
 

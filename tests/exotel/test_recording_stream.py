@@ -21,6 +21,7 @@ from app.calls.recording import stream_recording
 from app.errors import Problem
 from app.exotel.client import ExotelClient, build_http_client
 from app.exotel.simulator import Simulator
+from tests.exotel_wire import EXOTEL_WIRE
 from tests.jobs.conftest import serving
 from tests.limiters import Unlimited
 from tests.simulator.conftest import FAST, connect, wait_until_ended
@@ -94,8 +95,7 @@ async def test_a_recording_is_passed_on_before_it_has_all_arrived() -> None:
 
     http = build_http_client("https://api.exotel.com", api_key="k", api_token="t", timeout_s=5)
     exotel = ExotelClient(http, account_sid="acct", limiter=Unlimited())
-    with respx.mock(assert_all_called=True) as router:
-        router.route(host="127.0.0.1").pass_through()
+    with respx.mock(using=EXOTEL_WIRE, assert_all_called=True) as router:
         router.get(url).mock(
             return_value=httpx.Response(
                 200, headers={"Content-Type": "audio/mpeg"}, stream=_Stream(body())
@@ -118,8 +118,7 @@ async def test_a_recording_is_passed_on_before_it_has_all_arrived() -> None:
 async def test_no_recording_or_one_elsewhere_is_a_404_problem(url: str | None) -> None:
     http = build_http_client("https://api.exotel.com", api_key="k", api_token="t", timeout_s=5)
     exotel = ExotelClient(http, account_sid="acct", limiter=Unlimited())
-    with respx.mock(assert_all_called=False) as router:
-        router.route(host="127.0.0.1").pass_through()
+    with respx.mock(using=EXOTEL_WIRE, assert_all_called=False) as router:
         anywhere = router.route().respond(200)
         async with http, callbridge(exotel) as client:
             params = {} if url is None else {"url": url}

@@ -24,6 +24,7 @@ from app.calls.apply import is_terminal
 from app.main import create_app
 from tests.conftest import EXOTEL_CALLS, WRITER_KEY, AppliedFirst, make_settings
 from tests.exotel_callbacks import place_calls
+from tests.exotel_wire import EXOTEL_WIRE
 from tests.fuzz.exotel_strategies import SID, callback_bodies
 
 # What a callback may be answered: stored (200), or refused for a reason the sender can
@@ -63,7 +64,9 @@ def endpoint(database_url: str) -> Iterator[Endpoint]:
                 headers={"Authorization": f"Bearer {WRITER_KEY}"},
             )
         )
-        with respx.mock(base_url=EXOTEL_CALLS, assert_all_called=False) as exotel:
+        with respx.mock(
+            using=EXOTEL_WIRE, base_url=EXOTEL_CALLS, assert_all_called=False
+        ) as exotel:
             [(call, url)] = await place_calls(client, exotel, SID)
         return Endpoint(loop, client, url, call["id"])
 

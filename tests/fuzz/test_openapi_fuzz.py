@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from app.main import create_app
 from tests.conftest import EXOTEL_CALLS, WRITER_KEY, make_settings
 from tests.exotel_samples import connect_answer
+from tests.exotel_wire import EXOTEL_WIRE
 
 CHECKS = [
     not_a_server_error,
@@ -46,7 +47,7 @@ def _exotel_places_the_call(_: httpx.Request) -> httpx.Response:
 @pytest.fixture(scope="module")
 def fuzzed_app(database_url: str) -> Iterator[FastAPI]:
     settings = make_settings(database_url, calls_per_minute_per_client=1_000_000)
-    with respx.mock(base_url=EXOTEL_CALLS, assert_all_called=False) as exotel:
+    with respx.mock(using=EXOTEL_WIRE, base_url=EXOTEL_CALLS, assert_all_called=False) as exotel:
         exotel.post("/connect.json").mock(side_effect=_exotel_places_the_call)
         # Schemathesis starts the app's lifespan in its own event loop, on first use.
         yield create_app(settings)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import respx
 import uvicorn
 from fastapi import FastAPI
 from starlette.applications import Starlette
@@ -98,13 +97,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     async with serving(app) as url:
         receiver.url = f"{url}/hooks?token=receiver-secret"
         yield receiver
-
-
-@pytest.fixture
-def exotel(exotel: respx.MockRouter) -> respx.MockRouter:
-    """Exotel mocked at the HTTP boundary, as in every test; receivers reached for real."""
-    exotel.route(host="127.0.0.1").pass_through()
-    return exotel
 
 
 @dataclass(frozen=True)
