@@ -55,11 +55,11 @@ async def _measure(
     clients = {name: place._client(server.url, headers) for name, server in callbridges.items()}
     try:
         for name in order:
-            await session.callbridge(clients[name], place.WARMUP, place.CONCURRENCY)
+            await session.through(clients[name], place.WARMUP, place.CONCURRENCY)
         for turn in range(rounds):
             for name in order if turn % 2 == 0 else order[::-1]:
                 started_cpu = callbridges[name].cpu_seconds()
-                samples, _ = await session.callbridge(clients[name], calls, concurrency)
+                samples, _ = await session.through(clients[name], calls, concurrency)
                 spent = callbridges[name].cpu_seconds() - started_cpu
                 collected, cpu = measured[name]
                 measured[name] = (collected + samples, cpu + spent)

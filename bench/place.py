@@ -6,6 +6,12 @@ path is POST /calls on Callbridge (its own process, in live mode against the sam
 simulator), also with httpx, from the same client. Both at the same concurrency, in
 interleaved rounds; "added" is the difference of the two distributions' percentiles.
 
+Beside them, the same POST /calls to the placing reference (bench/reference.py
+`place_app`, its own process): two statements around Callbridge's own HTTP client and
+nothing else. What it adds is what the stack itself costs (uvicorn, psycopg, the client,
+Postgres, this machine's cores); what Callbridge adds beyond it is Callbridge's own. The
+CPU a call of each server process is measured over the same calls.
+
 The limiters are kept out of the way, whatever their implementation, so that what is
 measured is Callbridge's own cost (the limiters' statements included), never a wait:
 - every round runs in a fresh database with a fresh Callbridge process, and places at
@@ -26,6 +32,7 @@ no status callback lands on Callbridge while a round is measured.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections import Counter
@@ -59,6 +66,7 @@ WARMUP = CONCURRENCY
 SEQUENTIAL = 40
 CONCURRENT = EXOTEL_BUDGET - WARMUP - SEQUENTIAL
 DATABASE = "callbridge_bench_place"
+REFERENCE_DATABASE = "callbridge_bench_place_reference"
 # Far above a round's calls, so that the per-client limit never refuses one.
 CALLS_PER_MINUTE_PER_CLIENT = 1_000_000
 # Bench only: every write to a GCRA bucket leaves it empty (see the module's docstring).
@@ -80,8 +88,12 @@ DEAD_CALLBACK = "http://127.0.0.1:9/callbacks/exotel"
 class PlaceResult:
     direct: LoadResult
     callbridge: LoadResult
+    reference: LoadResult
     direct_sequential: LoadResult
     callbridge_sequential: LoadResult
+    reference_sequential: LoadResult
+    # CPU of the server process a call (ms), by path and concurrency ("" for 32, "1").
+    cpu_ms: dict[str, float]
     rounds: int
     buckets_pinned: bool  # a Postgres limiter existed and its buckets were kept empty
     limited: int  # answers that were a limiter's refusal (429, 503): must be 0
@@ -101,6 +113,14 @@ class PlaceResult:
     @property
     def added_sequential_p99_ms(self) -> float:
         return self.callbridge_sequential.p99_ms - self.direct_sequential.p99_ms
+
+    def reference_added_ms(self, concurrency: int) -> tuple[float, float]:
+        """What the placing reference adds over the direct path: p50 and p99."""
+        if concurrency == 1:
+            reference, direct = self.reference_sequential, self.direct_sequential
+        else:
+            reference, direct = self.reference, self.direct
+        return reference.p50_ms - direct.p50_ms, reference.p99_ms - direct.p99_ms
 
 
 class Numbers:
@@ -174,9 +194,11 @@ class Round:
 
         return await _closed_loop(send, total=total, concurrency=concurrency)
 
-    async def callbridge(
+    async def through(
         self, http: httpx.AsyncClient, total: int, concurrency: int
     ) -> tuple[list[Sample], float]:
+        """POST /calls, to Callbridge or to the placing reference (`http`'s base URL)."""
+
         async def send() -> int:
             from_number, to_number = self.numbers.take()
             response = await http.post(
@@ -209,10 +231,26 @@ def round_database(server_url: str, name: str = DATABASE) -> tuple[str, bool]:
     return url, has_buckets
 
 
+def _reference(simulator: Server, database: str) -> Server:
+    """The placing reference, on a database of its own, with Callbridge's Exotel settings."""
+    reference = Server("place-reference", {}, OUT_DIR / "place-reference.log")
+    reference.env = {
+        **callbridge_env(database, exotel_url=simulator.url, public_base_url=reference.url),
+        "REFERENCE_DATABASE_URL": database,
+    }
+    return reference
+
+
+# The paths measured in each round, in the order they take turns; "d" is the direct one.
+PATHS = ("d", "c", "r")
+
+
 def run(server_url: str, *, rounds: int) -> PlaceResult:
     numbers = Numbers()
-    collected: dict[str, list[Sample]] = {name: [] for name in ("d", "c", "d1", "c1")}
-    elapsed: dict[str, float] = {name: 0.0 for name in collected}
+    keys = [path + concurrency for path in PATHS for concurrency in ("", "1")]
+    collected: dict[str, list[Sample]] = {key: [] for key in keys}
+    elapsed: dict[str, float] = {key: 0.0 for key in keys}
+    cpu_s: dict[str, float] = {key: 0.0 for key in keys}
     pinned = True
     # No Exotel limit in the simulator: the baseline's direct connects count too, and the
     # rounds measure cost, not the limit (each Callbridge round stays within 200).
@@ -226,6 +264,9 @@ def run(server_url: str, *, rounds: int) -> PlaceResult:
             for _ in range(rounds):
                 database, has_buckets = round_database(server_url)
                 pinned = pinned and has_buckets
+                reference = _reference(
+                    simulator, create_database(server_url, REFERENCE_DATABASE, migrated=False)
+                )
                 session = Round(simulator, numbers)
                 callbridge = Server("callbridge", {}, OUT_DIR / "place-callbridge.log")
                 callbridge.env = callbridge_env(
@@ -237,42 +278,63 @@ def run(server_url: str, *, rounds: int) -> PlaceResult:
                 )
 
                 async def measure(
-                    callbridge: Server = callbridge, session: Round = session
+                    callbridge: Server = callbridge,
+                    reference: Server = reference,
+                    session: Round = session,
                 ) -> None:
+                    headers = {"Authorization": f"Bearer {WRITER_KEY}"}
                     async with (
                         _client(simulator.url) as direct,
-                        _client(
-                            callbridge.url, headers={"Authorization": f"Bearer {WRITER_KEY}"}
-                        ) as through,
+                        _client(callbridge.url, headers) as through_callbridge,
+                        _client(reference.url) as through_reference,
                     ):
-                        await session.direct(direct, WARMUP, CONCURRENCY)
-                        await session.callbridge(through, WARMUP, CONCURRENCY)
+                        paths = {
+                            "d": (simulator, functools.partial(session.direct, direct)),
+                            "c": (
+                                callbridge,
+                                functools.partial(session.through, through_callbridge),
+                            ),
+                            "r": (
+                                reference,
+                                functools.partial(session.through, through_reference),
+                            ),
+                        }
+                        for _, send in paths.values():
+                            await send(WARMUP, CONCURRENCY)
                         for key, concurrency, total in (
                             ("1", 1, SEQUENTIAL),
                             ("", CONCURRENCY, CONCURRENT),
                         ):
-                            samples, seconds = await session.direct(direct, total, concurrency)
-                            collected["d" + key] += samples
-                            elapsed["d" + key] += seconds
-                            samples, seconds = await session.callbridge(through, total, concurrency)
-                            collected["c" + key] += samples
-                            elapsed["c" + key] += seconds
+                            for path, (server, send) in paths.items():
+                                started_cpu = server.cpu_seconds()
+                                samples, seconds = await send(total, concurrency)
+                                cpu_s[path + key] += server.cpu_seconds() - started_cpu
+                                collected[path + key] += samples
+                                elapsed[path + key] += seconds
 
-                with running(callbridge):
+                with running(callbridge), running(reference):
                     asyncio.run(measure())
     finally:
         drop_database(server_url, DATABASE)
+        drop_database(server_url, REFERENCE_DATABASE)
     limited = sum(
         1
         for samples in (collected["c"], collected["c1"])
         for _, status in samples
         if status in (429, 503)
     )
+
+    def result(key: str) -> LoadResult:
+        return _result(collected[key], elapsed[key], 1 if key.endswith("1") else CONCURRENCY)
+
     return PlaceResult(
-        direct=_result(collected["d"], elapsed["d"], CONCURRENCY),
-        callbridge=_result(collected["c"], elapsed["c"], CONCURRENCY),
-        direct_sequential=_result(collected["d1"], elapsed["d1"], 1),
-        callbridge_sequential=_result(collected["c1"], elapsed["c1"], 1),
+        direct=result("d"),
+        callbridge=result("c"),
+        reference=result("r"),
+        direct_sequential=result("d1"),
+        callbridge_sequential=result("c1"),
+        reference_sequential=result("r1"),
+        cpu_ms={key: cpu_s[key] / len(collected[key]) * 1000 for key in keys},
         rounds=rounds,
         buckets_pinned=pinned,
         limited=limited,

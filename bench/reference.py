@@ -9,6 +9,9 @@ pages doing the same reads as Callbridge, each in one statement whose JSON Postg
 builds (json_build_object, the legs aggregated), with no authentication and no
 validation beyond what the SQL needs; Python only joins a page's items.
 
+`place_app` (placing): POST /calls storing the request, asking Exotel with Callbridge's
+own HTTP client and storing the answer, in two statements, with nothing else.
+
 They bound what any Python service on the same uvicorn and Postgres can do. Each uses
 as many connections as Callbridge's hot-path pool may (10).
 """
@@ -24,11 +27,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import psycopg
+from psycopg.types.json import Jsonb
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from app.exotel.client import ConnectRequest, build_http_client
 
 MAX_CONNECTIONS = 10
 SCHEMA = """
@@ -219,4 +226,76 @@ async def list_calls(request: Request) -> Response:
 read_app = Starlette(
     routes=[Route("/calls", list_calls), Route("/calls/{ref}", read_call)],
     lifespan=read_lifespan,
+)
+
+
+# -- placing ---------------------------------------------------------------------------
+
+# The least any service placing calls through Exotel does: store the request (committed
+# before Exotel is asked), ask Exotel with Callbridge's own HTTP client (build_http_client:
+# the same httpx API over the same wire), store the answer, answer 201. No
+# authentication, validation, limits, idempotency, metrics or logs.
+PLACE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS placed_calls (
+    id uuid PRIMARY KEY,
+    from_number text NOT NULL,
+    to_number text NOT NULL,
+    status text NOT NULL,
+    sid text,
+    answer jsonb
+)
+"""
+INSERT_PLACED = (
+    "INSERT INTO placed_calls (id, from_number, to_number, status) VALUES (%s, %s, %s, 'pending')"
+)
+UPDATE_PLACED = "UPDATE placed_calls SET sid = %s, status = %s, answer = %s WHERE id = %s"
+
+
+@asynccontextmanager
+async def place_lifespan(app: Starlette) -> AsyncIterator[None]:
+    url = os.environ["REFERENCE_DATABASE_URL"]
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(PLACE_SCHEMA)
+    app.state.pool = Pool(url)
+    async with build_http_client(
+        os.environ["EXOTEL_BASE_URL"],
+        api_key=os.environ["EXOTEL_API_KEY"],
+        api_token=os.environ["EXOTEL_API_TOKEN"],
+        timeout_s=30,
+    ) as exotel:
+        app.state.exotel = exotel
+        yield
+    await app.state.pool.close()
+
+
+async def _write(request: Request, statement: str, params: tuple[Any, ...]) -> None:
+    pool: Pool = request.app.state.pool
+    conn = await pool.acquire()
+    try:
+        await conn.execute(statement, params)
+    finally:
+        pool.release(conn)
+
+
+async def place_call(request: Request) -> Response:
+    given = json.loads(await request.body())
+    call_id = uuid.uuid4()
+    await _write(request, INSERT_PLACED, (call_id, given["from"], given["to"]))
+    form = ConnectRequest(
+        from_number=given["from"],
+        to_number=given["to"],
+        caller_id=os.environ["EXOTEL_CALLER_ID"],
+        status_callback=f"{os.environ['PUBLIC_BASE_URL']}/callbacks/exotel?token={call_id}",
+    ).form()
+    exotel: httpx.AsyncClient = request.app.state.exotel
+    path = f"/v1/Accounts/{os.environ['EXOTEL_ACCOUNT_SID']}/Calls/connect.json"
+    answer = (await exotel.post(path, data=form)).raise_for_status().json()["Call"]
+    await _write(request, UPDATE_PLACED, (answer["Sid"], answer["Status"], Jsonb(answer), call_id))
+    return JSONResponse(
+        {"id": str(call_id), "sid": answer["Sid"], "status": answer["Status"]}, status_code=201
+    )
+
+
+place_app = Starlette(
+    routes=[Route("/calls", place_call, methods=["POST"])], lifespan=place_lifespan
 )

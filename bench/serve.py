@@ -2,10 +2,11 @@
 
 KIND is `callbridge` (app.main:app, configured from the environment), `reference` (the
 bare Starlette callback route of bench.reference, on REFERENCE_DATABASE_URL),
-`read-reference` (its bare read routes, on REFERENCE_DATABASE_URL) or `simulator` (the
-Exotel simulator; SIMULATOR_SPEED, SIMULATOR_SLOW_ANSWER_S, SIMULATOR_LOST_ANSWER_HANG_S,
-SIMULATOR_REQUESTS_PER_MINUTE (Exotel's 200 by default; `none` for no limit),
-SIMULATOR_DATABASE_URL (keep its calls in Postgres)).
+`read-reference` (its bare read routes, on REFERENCE_DATABASE_URL), `place-reference`
+(its bare placing route, on REFERENCE_DATABASE_URL and Callbridge's EXOTEL_* settings) or
+`simulator` (the Exotel simulator; SIMULATOR_SPEED, SIMULATOR_SLOW_ANSWER_S,
+SIMULATOR_LOST_ANSWER_HANG_S, SIMULATOR_REQUESTS_PER_MINUTE (Exotel's 200 by default;
+`none` for no limit), SIMULATOR_DATABASE_URL (keep its calls in Postgres)).
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def _optional_int(raw: str | None, default: int | None) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serve")
-    parser.add_argument("kind", choices=["callbridge", "reference", "read-reference", "simulator"])
+    parser.add_argument(
+        "kind",
+        choices=["callbridge", "reference", "read-reference", "place-reference", "simulator"],
+    )
     parser.add_argument("--port", type=int, required=True)
     arguments = parser.parse_args()
     app: Any
@@ -66,6 +70,9 @@ def main() -> None:
     elif arguments.kind == "read-reference":
         logging.basicConfig(level=logging.WARNING)
         app = "bench.reference:read_app"
+    elif arguments.kind == "place-reference":
+        logging.basicConfig(level=logging.WARNING)
+        app = "bench.reference:place_app"
     else:
         app = _simulator()
     uvicorn.run(app, port=arguments.port, **UVICORN_SETTINGS)

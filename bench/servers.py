@@ -28,7 +28,7 @@ from psycopg import sql
 from app.db import PROJECT_ROOT, migrate
 from app.embedded import EmbeddedPostgres
 
-ServerKind = Literal["callbridge", "reference", "read-reference", "simulator"]
+ServerKind = Literal["callbridge", "reference", "read-reference", "place-reference", "simulator"]
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 OUT_DIR = PROJECT_ROOT / "bench" / "out"
 
