@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import httpx
+from aiohttp.connector import NEEDS_CLEANUP_CLOSED
 
 # Failed connection attempts are retried (nothing was sent): at once, then after half a
 # second, as httpx's own transport does with `retries=2`.
@@ -87,6 +88,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     keepalive_timeout=KEEPALIVE_S,
                     # The certificates httpx verifies against (certifi's).
                     ssl=httpx.create_ssl_context(),
+                    # asyncio leaks a TLS connection whose server does not close it cleanly
+                    # before CPython 3.12.8 (and in 3.13.0): aiohttp then closes it itself.
+                    enable_cleanup_closed=NEEDS_CLEANUP_CLOSED,
                 ),
                 # httpx keeps the cookies, redirects and decoding; aiohttp only carries bytes.
                 cookie_jar=aiohttp.DummyCookieJar(),
