@@ -82,27 +82,34 @@ class Pool:
             await self._idle.get_nowait().close()
 
 
-@asynccontextmanager
-async def lifespan(app: Starlette) -> AsyncIterator[None]:
+async def _pool_with(schema: str) -> Pool:
+    """The pool on REFERENCE_DATABASE_URL, once `schema` is in place."""
     url = os.environ["REFERENCE_DATABASE_URL"]
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute(SCHEMA)
-    app.state.pool = Pool(url)
+        await conn.execute(schema)
+    return Pool(url)
+
+
+async def _write(request: Request, statement: str, params: tuple[Any, ...]) -> None:
+    pool: Pool = request.app.state.pool
+    conn = await pool.acquire()
+    try:
+        await conn.execute(statement, params)
+    finally:
+        pool.release(conn)
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    app.state.pool = await _pool_with(SCHEMA)
     yield
     await app.state.pool.close()
 
 
 async def receive_callback(request: Request) -> Response:
     body = await request.body()
-    pool: Pool = request.app.state.pool
-    conn = await pool.acquire()
-    try:
-        await conn.execute(
-            INSERT,
-            (request.query_params.get("token"), request.headers.get("content-type"), body),
-        )
-    finally:
-        pool.release(conn)
+    token, content_type = request.query_params.get("token"), request.headers.get("content-type")
+    await _write(request, INSERT, (token, content_type, body))
     return JSONResponse({"status": "accepted"})
 
 
@@ -253,10 +260,7 @@ UPDATE_PLACED = "UPDATE placed_calls SET sid = %s, status = %s, answer = %s WHER
 
 @asynccontextmanager
 async def place_lifespan(app: Starlette) -> AsyncIterator[None]:
-    url = os.environ["REFERENCE_DATABASE_URL"]
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute(PLACE_SCHEMA)
-    app.state.pool = Pool(url)
+    app.state.pool = await _pool_with(PLACE_SCHEMA)
     async with build_http_client(
         os.environ["EXOTEL_BASE_URL"],
         api_key=os.environ["EXOTEL_API_KEY"],
@@ -266,15 +270,6 @@ async def place_lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.exotel = exotel
         yield
     await app.state.pool.close()
-
-
-async def _write(request: Request, statement: str, params: tuple[Any, ...]) -> None:
-    pool: Pool = request.app.state.pool
-    conn = await pool.acquire()
-    try:
-        await conn.execute(statement, params)
-    finally:
-        pool.release(conn)
 
 
 async def place_call(request: Request) -> Response:
