@@ -114,14 +114,6 @@ class PlaceResult:
     def added_sequential_p99_ms(self) -> float:
         return self.callbridge_sequential.p99_ms - self.direct_sequential.p99_ms
 
-    def reference_added_ms(self, concurrency: int) -> tuple[float, float]:
-        """What the placing reference adds over the direct path: p50 and p99."""
-        if concurrency == 1:
-            reference, direct = self.reference_sequential, self.direct_sequential
-        else:
-            reference, direct = self.reference, self.direct
-        return reference.p50_ms - direct.p50_ms, reference.p99_ms - direct.p99_ms
-
 
 class Numbers:
     """A different callee for every call, none ending in a simulator scenario (99xx)."""

@@ -261,6 +261,9 @@ UPDATE_PLACED = "UPDATE placed_calls SET sid = %s, status = %s, answer = %s WHER
 @asynccontextmanager
 async def place_lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.pool = await _pool_with(PLACE_SCHEMA)
+    app.state.connect_path = f"/v1/Accounts/{os.environ['EXOTEL_ACCOUNT_SID']}/Calls/connect.json"
+    app.state.caller_id = os.environ["EXOTEL_CALLER_ID"]
+    app.state.status_callback = f"{os.environ['PUBLIC_BASE_URL']}/callbacks/exotel?token="
     async with build_http_client(
         os.environ["EXOTEL_BASE_URL"],
         api_key=os.environ["EXOTEL_API_KEY"],
@@ -276,15 +279,15 @@ async def place_call(request: Request) -> Response:
     given = json.loads(await request.body())
     call_id = uuid.uuid4()
     await _write(request, INSERT_PLACED, (call_id, given["from"], given["to"]))
+    state = request.app.state
     form = ConnectRequest(
         from_number=given["from"],
         to_number=given["to"],
-        caller_id=os.environ["EXOTEL_CALLER_ID"],
-        status_callback=f"{os.environ['PUBLIC_BASE_URL']}/callbacks/exotel?token={call_id}",
+        caller_id=state.caller_id,
+        status_callback=f"{state.status_callback}{call_id}",
     ).form()
-    exotel: httpx.AsyncClient = request.app.state.exotel
-    path = f"/v1/Accounts/{os.environ['EXOTEL_ACCOUNT_SID']}/Calls/connect.json"
-    answer = (await exotel.post(path, data=form)).raise_for_status().json()["Call"]
+    exotel: httpx.AsyncClient = state.exotel
+    answer = (await exotel.post(state.connect_path, data=form)).raise_for_status().json()["Call"]
     await _write(request, UPDATE_PLACED, (answer["Sid"], answer["Status"], Jsonb(answer), call_id))
     return JSONResponse(
         {"id": str(call_id), "sid": answer["Sid"], "status": answer["Status"]}, status_code=201

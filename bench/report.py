@@ -144,7 +144,7 @@ def _place_rows(place: PlaceResult) -> list[Row]:
         ),
     ):
         c = f"c={concurrency}"
-        reference_added = place.reference_added_ms(concurrency)
+        reference_added = (reference.p50_ms - direct.p50_ms, reference.p99_ms - direct.p99_ms)
         cpu_callbridge, cpu_reference = place.cpu_ms["c" + key], place.cpu_ms["r" + key]
         found += [
             Row(f"POST /calls: simulator direct, {c}", _lat(direct), "", None),

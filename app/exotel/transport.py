@@ -8,11 +8,11 @@ in placing a call, and more the more requests were in flight (bench/README.md).
 
 Errors keep the one distinction the Exotel client lives by: did the request surely not
 reach Exotel? Only a connection that could not be made (refused, unreachable, DNS, TLS
-handshake) or not had in time becomes httpx's ConnectError, ConnectTimeout or
-PoolTimeout; anything once the request may have left (a reset, the server hanging up,
-a read timeout, an answer that is not HTTP) becomes an error that means "outcome
-unknown". The httpx-aiohttp package maps a server hanging up after the request was
-sent to ConnectTimeout, which would count a call that may be ringing as never placed.
+handshake) or not had in time becomes httpx's ConnectError or ConnectTimeout; anything
+once the request may have left (a reset, the server hanging up, a read timeout, an
+answer that is not HTTP) becomes an error that means "outcome unknown". The
+httpx-aiohttp package maps a server hanging up after the request was sent to
+ConnectTimeout, which would count a call that may be ringing as never placed.
 """
 
 from __future__ import annotations
