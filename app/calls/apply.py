@@ -11,7 +11,7 @@ so the rules hold whatever order Exotel's messages arrive in:
 - otherwise the newest `DateUpdated` wins: an older ("stale") message only fills gaps,
   and says nothing about statuses, the call's or its legs', which it knew before ours;
 - a call never ends before it starts: times that would make `end_time` earlier than
-  `start_time` are not applied;
+  `start_time` are not applied, nor any of a message that ends before its own start;
 - an empty value never erases a stored one;
 - legs are matched by their index;
 - a call Exotel has named (it has a Sid) was placed: it keeps no `error`.
@@ -129,7 +129,14 @@ def apply_update(call: CallState, update: CallUpdate) -> Applied:
 
 
 def _times_agree(call: CallState, update: CallUpdate, stale: bool) -> bool:
-    """Whether the call, with this update's times applied, would start before it ends."""
+    """Whether the call, with this update's times applied, would start before it ends.
+
+    A message that ends before its own start gives no times at all: were it judged only
+    against what it would change, the same message could be refused fresh and taken once
+    stale (measured then against the call's start), and a duplicate would change the call.
+    """
+    if update.start_time and update.end_time and update.start_time > update.end_time:
+        return False
 
     def after_applying(current: datetime | None, said: datetime | None) -> datetime | None:
         if said is None or (stale and current is not None):

@@ -213,6 +213,24 @@ def test_a_call_never_ends_before_it_starts() -> None:
     assert (call.start_time, call.end_time) == (CREATED, ENDED)
 
 
+def test_a_message_that_ends_before_its_own_start_gives_no_times_however_often_it_comes() -> None:
+    """Once applied, the call is finished and the undated message stale: its end would
+    then be measured against the call's start, not its own, and taken the second time."""
+    call = pending_call()
+    apply_update(call, connect_answer())
+    backwards = terminal(
+        date_updated=None, start_time=CREATED + timedelta(seconds=1), end_time=CREATED
+    )
+    assert apply_update(call, backwards).became_terminal
+    settled = snapshot(call)
+
+    again = apply_update(call, backwards)
+
+    assert not again.changed
+    assert snapshot(call) == settled
+    assert (call.start_time, call.end_time) == (CREATED, None)
+
+
 def test_running_statuses_follow_date_updated() -> None:
     call = pending_call()
     apply_update(
